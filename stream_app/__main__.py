@@ -1,0 +1,436 @@
+"""CLI entry: `python -m stream_app ...`, also the `valueloop` console script."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stream_app.errors import ValueloopError
+from stream_app.settings import Settings
+
+app = typer.Typer(
+    help="valueloop: streaming release impact and value-stream metrics from Kafka events.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+broker_app = typer.Typer(
+    help="Run a local single-node Apache Kafka broker (KRaft, no Docker).", no_args_is_help=True
+)
+topics_app = typer.Typer(help="Manage valueloop's Kafka topics.", no_args_is_help=True)
+emit_app = typer.Typer(
+    help="Send one event to Kafka and wait for delivery (usable as a CI/CD pipeline step).",
+    no_args_is_help=True,
+)
+schemas_app = typer.Typer(help="JSON Schemas of the event contracts.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+app.add_typer(topics_app, name="topics")
+app.add_typer(emit_app, name="emit")
+app.add_typer(schemas_app, name="schemas")
+
+
+class _State:
+    overrides: dict[str, Any] = {}  # noqa: RUF012 - one process-wide CLI state
+
+
+def settings() -> Settings:
+    """Settings from VALUELOOP_* variables, with command-line options taking precedence."""
+    try:
+        return Settings(**{k: v for k, v in _State.overrides.items() if v is not None})
+    except Exception as exc:  # pydantic's ValidationError: say it plainly and stop
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print an error to stderr and exit non-zero."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main_options(
+    bootstrap_servers: Annotated[
+        str | None,
+        typer.Option(
+            "--bootstrap-servers",
+            envvar="VALUELOOP_KAFKA_BOOTSTRAP_SERVERS",
+            help="Kafka bootstrap servers (host:port,...). Unset: the local broker started by "
+            "`valueloop broker start`.",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="VALUELOOP_DATA_DIR",
+            help="Local state: broker data, pid files, worker data. [default: .valueloop]",
+        ),
+    ] = None,
+    kpis_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--kpis",
+            envvar="VALUELOOP_KPIS_FILE",
+            help="KPI catalog (TOML). Unset: the bundled example catalog.",
+        ),
+    ] = None,
+) -> None:
+    """Every option can also be set with the VALUELOOP_* variable shown in its help."""
+    _State.overrides.update(
+        kafka_bootstrap_servers=bootstrap_servers, data_dir=data_dir, kpis_file=kpis_file
+    )
+
+
+def kafka_settings() -> Settings:
+    """Settings with bootstrap servers resolved: configured cluster, else the local broker."""
+    s = settings()
+    if s.kafka_bootstrap_servers:
+        return s
+    from stream_app.broker import broker_status
+
+    info = broker_status(s.data_dir)
+    if info is None:
+        fail(
+            "no Kafka cluster configured and no local broker running: run `valueloop broker start` "
+            "or set VALUELOOP_KAFKA_BOOTSTRAP_SERVERS"
+        )
+        raise AssertionError  # unreachable: fail() exits
+    return s.model_copy(update={"kafka_bootstrap_servers": info.bootstrap})
+
+
+# ---------------------------------------------------------------------------- broker
+@broker_app.command("start")
+def broker_start(
+    port: Annotated[
+        int,
+        typer.Option(
+            envvar="VALUELOOP_BROKER_PORT", help="Broker port on 127.0.0.1; 0 picks a free one."
+        ),
+    ] = 0,
+    heap: Annotated[
+        str, typer.Option(envvar="VALUELOOP_BROKER_HEAP", help="Broker maximum heap (-Xmx).")
+    ] = "512m",
+) -> None:
+    """Resolve the Kafka jars (once), format storage and start the broker; prints its address."""
+    from stream_app.broker import ensure_broker
+
+    s = settings()
+    if s.kafka_bootstrap_servers:
+        typer.echo(
+            f"VALUELOOP_KAFKA_BOOTSTRAP_SERVERS is set ({s.kafka_bootstrap_servers}): "
+            "nothing started"
+        )
+        return
+    s = s.model_copy(update={"broker_port": port, "broker_heap": heap})
+    typer.echo(ensure_broker(s))
+
+
+@broker_app.command("stop")
+def broker_stop() -> None:
+    """Stop the local broker by its recorded pid."""
+    from stream_app.broker import stop_broker
+
+    typer.echo("stopped" if stop_broker(settings().data_dir) else "not running")
+
+
+@broker_app.command("status")
+def broker_status_cmd() -> None:
+    """Print the local broker's pid and address; exit 1 when it is not running."""
+    from stream_app.broker import broker_status
+
+    info = broker_status(settings().data_dir)
+    if info is None:
+        typer.echo("not running")
+        raise typer.Exit(1)
+    typer.echo(f"running pid={info.pid} bootstrap={info.bootstrap} log={info.log_path}")
+
+
+# ---------------------------------------------------------------------------- topics
+@topics_app.command("ensure")
+def topics_ensure(
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            envvar="VALUELOOP_TOPIC_PARTITIONS", help="Partitions per topic. [default: 4]"
+        ),
+    ] = None,
+    replication: Annotated[
+        int | None,
+        typer.Option(envvar="VALUELOOP_TOPIC_REPLICATION", help="Replication factor. [default: 1]"),
+    ] = None,
+) -> None:
+    """Create valueloop's topics if they are missing (idempotent). Topics are keyed by service."""
+    from stream_app.producer import ensure_topics
+
+    _State.overrides.update(topic_partitions=partitions, topic_replication=replication)
+    for r in ensure_topics(kafka_settings()):
+        typer.echo(
+            f"{r.name:24} {r.role:12} partitions={r.partitions} "
+            f"{'created' if r.created else 'exists'}"
+        )
+
+
+# ---------------------------------------------------------------------------- worker
+@app.command()
+def worker(
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VALUELOOP_METRICS_HOST",
+            help="Address of /metrics and /health. [default: 127.0.0.1]",
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="VALUELOOP_METRICS_PORT", help="Port of /metrics and /health. [default: 9108]"
+        ),
+    ] = None,
+    app_id: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VALUELOOP_APP_ID", help="Consumer group / faust app id. [default: valueloop]"
+        ),
+    ] = None,
+) -> None:
+    """Run the stream worker: consume the input topics, judge releases, serve /metrics."""
+    _State.overrides.update(metrics_host=metrics_host, metrics_port=metrics_port, app_id=app_id)
+    from stream_app.worker import run_worker
+
+    run_worker(kafka_settings())
+
+
+# ---------------------------------------------------------------------------- emit
+class Form(StrEnum):
+    """How a CDEvent is put on the wire."""
+
+    plain = "plain"
+    structured = "structured"
+    binary = "binary"
+
+
+class DeployKind(StrEnum):
+    """The CDEvents service event type."""
+
+    deployed = "deployed"
+    upgraded = "upgraded"
+    rolledback = "rolledback"
+
+
+def _send(event: Any, form: Form = Form.plain) -> None:
+    from stream_app import codec
+    from stream_app.producer import Sender
+
+    s = kafka_settings()
+    topic = s.topic_names()[codec.role_of(event)]
+    headers: list[tuple[str, bytes]] | None = None
+    if form is Form.structured:
+        value = codec.encode_structured(event)
+    elif form is Form.binary:
+        value, headers = codec.encode_binary(event)
+    else:
+        value = codec.encode(event)
+    sender = Sender(s, **{"message.timeout.ms": 15000})
+    sender.send(topic, value, codec.key_of(event), headers)
+    sender.flush(20.0)
+    typer.echo(f"delivered {codec.role_of(event)} event {getattr(event, 'id', '')} to {topic}")
+
+
+def _time(value: float | None) -> float:
+    return time.time() if value is None else value
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {p!r}")
+        out[k] = v
+    return out
+
+
+EventTime = Annotated[
+    float | None, typer.Option("--time", help="Event time, POSIX seconds. [default: now]")
+]
+EventId = Annotated[str | None, typer.Option("--id", help="Event id. [default: a new UUID]")]
+
+
+@emit_app.command("deployment")
+def emit_deployment(
+    service: Annotated[str, typer.Option(help="Service that was deployed.")],
+    version: Annotated[str, typer.Option(help="Version deployed.")],
+    environment: Annotated[str, typer.Option(help="Environment.")] = "production",
+    commit: Annotated[
+        list[str] | None, typer.Option(help="Commit sha in this release (repeat).")
+    ] = None,
+    change_id: Annotated[
+        list[str] | None, typer.Option(help="Change / pull request id in this release (repeat).")
+    ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(help="Partial release scope KEY=VALUE, e.g. region=eu (repeat)."),
+    ] = None,
+    kind: Annotated[DeployKind, typer.Option(help="CDEvents service event.")] = DeployKind.deployed,
+    form: Annotated[Form, typer.Option(help="CloudEvents form on the wire.")] = Form.plain,
+    at: EventTime = None,
+    event_id: EventId = None,
+) -> None:
+    """Send a CDEvents service.deployed (or upgraded / rolledback) event."""
+    from stream_app.events.model import Release
+
+    _send(
+        Release(
+            id=event_id or str(uuid.uuid4()),
+            service=service,
+            version=version,
+            time=_time(at),
+            kind=kind.value,
+            environment=environment,
+            commits=tuple(commit or ()),
+            change_ids=tuple(change_id or ()),
+            scope=_labels(scope or []),
+        ),
+        form,
+    )
+
+
+@emit_app.command("flag")
+def emit_flag(
+    service: Annotated[str, typer.Option(help="Service the flag belongs to.")],
+    flag: Annotated[str, typer.Option(help="Feature-flag key.")],
+    variation: Annotated[str, typer.Option(help="Variation now served.")] = "on",
+    rollout: Annotated[float, typer.Option(help="Rollout percentage, 0-100.")] = 100.0,
+    at: EventTime = None,
+    event_id: EventId = None,
+) -> None:
+    """Send a feature-flag change (a release of its own kind)."""
+    from stream_app.events.model import Release
+
+    _send(
+        Release(
+            id=event_id or str(uuid.uuid4()),
+            service=service,
+            version=f"{flag}={variation}@{rollout:g}%",
+            time=_time(at),
+            kind="flag",
+            flag_key=flag,
+            rollout_percent=rollout,
+        )
+    )
+
+
+class IncidentAction(StrEnum):
+    """The CDEvents incident event type."""
+
+    detected = "detected"
+    reported = "reported"
+    resolved = "resolved"
+
+
+@emit_app.command("incident")
+def emit_incident(
+    service: Annotated[str, typer.Option(help="Affected service.")],
+    incident_id: Annotated[
+        str, typer.Option("--incident", help="Incident id (same for all its events).")
+    ],
+    action: Annotated[
+        IncidentAction, typer.Option(help="What happened.")
+    ] = IncidentAction.detected,
+    deployment_id: Annotated[
+        str | None, typer.Option(help="Id of the deployment event that caused it, when known.")
+    ] = None,
+    environment: Annotated[str, typer.Option(help="Environment.")] = "production",
+    description: Annotated[str | None, typer.Option(help="Short description.")] = None,
+    at: EventTime = None,
+    event_id: EventId = None,
+) -> None:
+    """Send a CDEvents incident.detected / reported / resolved event."""
+    from stream_app.events.model import Incident
+
+    _send(
+        Incident(
+            id=event_id or str(uuid.uuid4()),
+            incident_id=incident_id,
+            time=_time(at),
+            service=service,
+            action=action.value,
+            environment=environment,
+            deployment_id=deployment_id,
+            description=description,
+        )
+    )
+
+
+@emit_app.command("sample")
+def emit_sample(
+    service: Annotated[str, typer.Option(help="Service the KPI belongs to.")],
+    kpi: Annotated[str, typer.Option(help="Sample stream name, e.g. orders.")],
+    value: Annotated[float, typer.Option(help="Sample value.")],
+    count: Annotated[float, typer.Option(help="Observations the value sums.")] = 1.0,
+    label: Annotated[list[str] | None, typer.Option(help="Label KEY=VALUE (repeat).")] = None,
+    at: EventTime = None,
+    event_id: EventId = None,
+) -> None:
+    """Send one KPI telemetry sample."""
+    from stream_app.events.model import KpiSample
+
+    _send(
+        KpiSample(
+            service=service,
+            kpi=kpi,
+            time=_time(at),
+            value=value,
+            count=count,
+            labels=_labels(label or []),
+            id=event_id,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------- schemas
+@schemas_app.command("export")
+def schemas_export(
+    out: Annotated[Path, typer.Option(help="Directory to write the schemas to.")] = Path("schemas"),
+) -> None:
+    """Write one JSON Schema per event contract, generated from the models."""
+    from stream_app.schemas import export_schemas
+
+    for p in export_schemas(out):
+        typer.echo(str(p))
+
+
+@schemas_app.command("check")
+def schemas_check(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Directory of checked-in schemas.")
+    ] = Path("schemas"),
+) -> None:
+    """Exit 1 when the checked-in schemas differ from the models."""
+    from stream_app.schemas import check_schemas
+
+    drift = check_schemas(directory)
+    for d in drift:
+        typer.echo(d)
+    if drift:
+        raise typer.Exit(1)
+    typer.echo("schemas are up to date")
+
+
+def main() -> None:
+    """Console-script entry point: valueloop errors become one clear line and exit code 1."""
+    try:
+        app()
+    except ValueloopError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

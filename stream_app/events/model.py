@@ -1,0 +1,84 @@
+"""Internal, normalised event shapes: what the core sees once CloudEvents/CDEvents details are gone.
+
+Times are POSIX seconds (float, UTC) in event time. These are plain frozen dataclasses so the hot
+path
+(telemetry) stays cheap; the pydantic contracts in the sibling modules validate wire payloads and
+normalise into these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ReleaseKind = Literal["deployed", "upgraded", "rolledback", "flag"]
+ItemType = Literal["feature", "defect", "risk", "debt"]
+IncidentAction = Literal["detected", "reported", "resolved"]
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A release of a service: a deployment, an upgrade, a rollback or a feature-flag change."""
+
+    id: str  # source event id (CDEvents context.id), unique per release
+    service: str
+    version: str  # deployed version; for a flag change "<flag>=<variation>@<pct>%"
+    time: float
+    kind: ReleaseKind
+    environment: str = "production"
+    commits: tuple[str, ...] = ()  # commit shas / change ids carried by the deployment
+    change_ids: tuple[str, ...] = ()
+    flag_key: str | None = None
+    rollout_percent: float | None = None
+    # Scope of a partial release: e.g. {"region": "eu"} or {"version": "1.4.0"} for a canary.
+    # Empty means the whole service.
+    scope: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class KpiSample:
+    """One telemetry sample of a KPI stream (the high-volume event)."""
+
+    service: str
+    kpi: str  # the sample stream name, e.g. "orders", "sessions", "latency_ms"
+    time: float
+    value: float
+    count: float = 1.0  # how many observations `value` sums (pre-aggregated producers)
+    labels: dict[str, str] = field(default_factory=dict)
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowEvent:
+    """A work item, change or pipeline moving through a value-stream stage."""
+
+    id: str
+    time: float
+    service: str  # value stream (service or product)
+    item_id: str  # work item / change / pipeline run id
+    item_type: ItemType | None
+    stage: str  # e.g. "review", "build", "test", "waiting-for-qa"
+    action: Literal[
+        "entered", "left", "started", "finished", "queued", "merged", "created", "published"
+    ]
+    state: Literal["active", "waiting"] | None = None
+    source_type: str = (
+        "workitem"  # change | pipelinerun | build | testsuiterun | artifact | workitem
+    )
+    commits: tuple[str, ...] = ()
+    outcome: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """An incident detected, reported or resolved for a service."""
+
+    id: str
+    incident_id: str  # subject id: the same across detected/resolved
+    time: float
+    service: str
+    action: IncidentAction
+    environment: str = "production"
+    deployment_id: str | None = None  # explicit link to the release that caused it, when known
+    change_ids: tuple[str, ...] = ()
+    description: str | None = None

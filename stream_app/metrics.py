@@ -1,0 +1,250 @@
+"""The Prometheus metric set of the worker, built against an injected registry."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from stream_app.core.types import VerdictRecord
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    """Every series valueloop exports. Labels are bounded; superseded release series are removed."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events_accepted = Counter(
+            "valueloop_events_accepted_total",
+            "Input messages decoded and accepted, by input topic role.",
+            ["topic"],
+            registry=r,
+        )
+        self.events_rejected = Counter(
+            "valueloop_events_rejected_total",
+            "Input messages sent to the dead-letter topic, by input topic role and reason.",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.samples = Counter(
+            "valueloop_samples_total",
+            "KPI samples by what the bucket store did with them (accepted, late, ...).",
+            ["outcome"],
+            registry=r,
+        )
+        self.verdicts = Counter(
+            "valueloop_verdicts_total",
+            "Impact verdicts published, by service, KPI, verdict and phase.",
+            ["service", "kpi", "verdict", "phase"],
+            registry=r,
+        )
+        self.release_change = Gauge(
+            "valueloop_release_change_ratio",
+            "Relative KPI change after the service's latest judged release (0.05 = +5 %).",
+            ["service", "kpi"],
+            registry=r,
+        )
+        self.release_change_low = Gauge(
+            "valueloop_release_change_ci_low_ratio",
+            "Lower bound of the confidence interval of the relative change.",
+            ["service", "kpi"],
+            registry=r,
+        )
+        self.release_change_high = Gauge(
+            "valueloop_release_change_ci_high_ratio",
+            "Upper bound of the confidence interval of the relative change.",
+            ["service", "kpi"],
+            registry=r,
+        )
+        self.release_degraded = Gauge(
+            "valueloop_release_degraded",
+            "1 when the service's latest judged release degraded this KPI, else 0.",
+            ["service", "kpi", "critical", "phase"],
+            registry=r,
+        )
+        self.release_verdict = Gauge(
+            "valueloop_release_verdict",
+            "1 for the current verdict of the service's latest judged release on this KPI.",
+            ["service", "kpi", "verdict"],
+            registry=r,
+        )
+        self.release_info = Gauge(
+            "valueloop_release_info",
+            "1 for the latest judged release of a service; the version label changes with it.",
+            ["service", "version"],
+            registry=r,
+        )
+        self.release_time = Gauge(
+            "valueloop_release_timestamp_seconds",
+            "Event time of the latest release of a service (for release markers).",
+            ["service"],
+            registry=r,
+        )
+        self.watermark = Gauge(
+            "valueloop_watermark_timestamp_seconds",
+            "Event-time watermark of the service (max event time seen minus allowed lateness).",
+            ["service"],
+            registry=r,
+        )
+        self.deadletter_sent = Counter(
+            "valueloop_deadletter_messages_total",
+            "Messages written to the dead-letter topic.",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "valueloop_ready",
+            "1 when the worker is connected and consuming.",
+            registry=r,
+        )
+        # Flow metrics per value stream (service or product); quantile in {0.5, 0.85}.
+        self.flow_time = Gauge(
+            "valueloop_flow_time_seconds",
+            "Flow time of finished work items (start to production), by quantile.",
+            ["value_stream", "quantile"],
+            registry=r,
+        )
+        self.stage_active = Gauge(
+            "valueloop_stage_active_seconds",
+            "Active (worked-on) time per item in a stage, by quantile.",
+            ["value_stream", "stage", "quantile"],
+            registry=r,
+        )
+        self.stage_wait = Gauge(
+            "valueloop_stage_wait_seconds",
+            "Waiting time per item in a stage, by quantile.",
+            ["value_stream", "stage", "quantile"],
+            registry=r,
+        )
+        self.flow_efficiency = Gauge(
+            "valueloop_flow_efficiency_ratio",
+            "Active time / total flow time of finished items over the period.",
+            ["value_stream"],
+            registry=r,
+        )
+        self.flow_load = Gauge(
+            "valueloop_flow_load_items",
+            "Work in progress: items currently in a stage.",
+            ["value_stream", "stage"],
+            registry=r,
+        )
+        self.flow_finished = Counter(
+            "valueloop_flow_items_finished_total",
+            "Work items that reached production (flow velocity is its rate), by item type.",
+            ["value_stream", "item_type"],
+            registry=r,
+        )
+        self.flow_distribution = Gauge(
+            "valueloop_flow_distribution_ratio",
+            "Share of finished items by type (feature, defect, risk, debt) over the period.",
+            ["value_stream", "item_type"],
+            registry=r,
+        )
+        self.bottleneck = Gauge(
+            "valueloop_bottleneck_stage",
+            "1 for the stage holding the largest share of waiting time of the value stream.",
+            ["value_stream", "stage"],
+            registry=r,
+        )
+        self.bottleneck_wait_share = Gauge(
+            "valueloop_bottleneck_wait_share_ratio",
+            "Share of all waiting time spent in the bottleneck stage.",
+            ["value_stream"],
+            registry=r,
+        )
+        # DORA, per service.
+        self.deployments = Counter(
+            "valueloop_deployments_total",
+            "Production deployments (deployment frequency is its rate).",
+            ["service"],
+            registry=r,
+        )
+        self.deployment_failures = Counter(
+            "valueloop_deployment_failures_total",
+            "Deployments counted as failed, by cause (incident, rollback, degraded-kpi).",
+            ["service", "cause"],
+            registry=r,
+        )
+        self.lead_time = Gauge(
+            "valueloop_lead_time_seconds",
+            "Lead time for changes (first commit to production deployment), by quantile.",
+            ["service", "quantile"],
+            registry=r,
+        )
+        self.change_failure = Gauge(
+            "valueloop_change_failure_ratio",
+            "Change failure rate over the period: failed deployments / deployments.",
+            ["service"],
+            registry=r,
+        )
+        self.recovery_time = Gauge(
+            "valueloop_recovery_time_seconds",
+            "Failed-deployment recovery time, by quantile.",
+            ["service", "quantile"],
+            registry=r,
+        )
+        # Worker health.
+        self.consumer_lag = Gauge(
+            "valueloop_consumer_lag_messages",
+            "Messages between the worker's position and the end of its input topics.",
+            ["topic"],
+            registry=r,
+        )
+        self._current_version: dict[str, str] = {}
+        self._current_release: dict[tuple[str, str], str] = {}
+        self._release_times: dict[tuple[str, str], float] = {}
+
+    def accepted(self, role: str, n: int = 1) -> None:
+        """Count accepted input messages."""
+        self.events_accepted.labels(role).inc(n)
+
+    def rejected(self, role: str, reason: str) -> None:
+        """Count a dead-lettered input message."""
+        self.events_rejected.labels(role, reason).inc()
+        self.deadletter_sent.inc()
+
+    def observe_verdict(self, rec: VerdictRecord) -> None:
+        """Update the per-(service, KPI) series from a verdict; superseded series are removed."""
+        j = rec.judgement
+        self.verdicts.labels(rec.service, rec.kpi, j.verdict, rec.phase).inc()
+        key = (rec.service, rec.kpi)
+        current = self._current_release.get(key)
+        # A verdict of an older release arriving late must not overwrite the newer one.
+        if (
+            current is not None
+            and current != rec.release_id
+            and rec.release_time < self._release_times.get(key, float("-inf"))
+        ):
+            return
+        self._current_release[key] = rec.release_id
+        self._release_times[key] = rec.release_time
+        crit = "true" if rec.critical else "false"
+        for phase in ("interim", "final"):
+            self.release_degraded.labels(rec.service, rec.kpi, crit, phase).set(
+                1.0 if (phase == rec.phase and j.verdict == "degraded") else 0.0
+            )
+        for v in ("improved", "degraded", "neutral", "inconclusive", "confounded"):
+            self.release_verdict.labels(rec.service, rec.kpi, v).set(1.0 if v == j.verdict else 0.0)
+        if j.change is not None:
+            self.release_change.labels(rec.service, rec.kpi).set(j.change)
+        if j.ci_low is not None and j.ci_high is not None:
+            self.release_change_low.labels(rec.service, rec.kpi).set(j.ci_low)
+            self.release_change_high.labels(rec.service, rec.kpi).set(j.ci_high)
+        self.observe_release(rec.service, rec.version, rec.release_time)
+
+    def observe_release(self, service: str, version: str, time: float) -> None:
+        """Point the service's release series at its latest release, removing the superseded one."""
+        old = self._current_version.get(service)
+        if old is not None and old != version:
+            with contextlib.suppress(KeyError):
+                self.release_info.remove(service, old)
+        self._current_version[service] = version
+        self.release_info.labels(service, version).set(1.0)
+        self.release_time.labels(service).set(time)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,150 @@
+"""confluent-kafka edge: topic administration and reliable sends (emit, simulator, bulk)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream_app.errors import DeliveryError
+from stream_app.settings import INPUT_TOPIC_KEYS, Settings
+
+Header = tuple[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicResult:
+    """What `ensure_topics` did for one topic."""
+
+    name: str
+    role: str
+    partitions: int
+    created: bool
+
+
+def topic_specs(settings: Settings) -> list[tuple[str, str, int]]:
+    """The (role, name, partitions) of every topic valueloop uses.
+
+    Inputs and the impact topic share one partition count so that a service's releases, KPI samples
+    and verdicts are co-partitioned (all are keyed by service).
+    """
+    return [
+        (role, name, settings.topic_partitions) for role, name in settings.topic_names().items()
+    ]
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[TopicResult]:
+    """Create missing topics idempotently; existing topics are left as they are.
+
+    Raises:
+        DeliveryError: the cluster did not answer or refused to create a topic.
+    """
+    admin = AdminClient(dict(settings.kafka_client_config()))
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise DeliveryError(
+            f"cannot list topics on {settings.kafka_bootstrap_servers}: {exc}"
+        ) from exc
+    results: list[TopicResult] = []
+    wanted: list[NewTopic] = []
+    for role, name, partitions in topic_specs(settings):
+        if name in existing:
+            results.append(TopicResult(name, role, len(existing[name].partitions), created=False))
+        else:
+            wanted.append(
+                NewTopic(
+                    name, num_partitions=partitions, replication_factor=settings.topic_replication
+                )
+            )
+            results.append(TopicResult(name, role, partitions, created=True))
+    if wanted:
+        for name, fut in admin.create_topics(wanted, operation_timeout=timeout).items():
+            try:
+                fut.result(timeout=timeout)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                # Another process created it between list and create: that is success.
+                if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                raise DeliveryError(f"cannot create topic {name}: {exc}") from exc
+    return results
+
+
+def input_roles() -> tuple[str, ...]:
+    """Roles of the input topics, in a stable order."""
+    return INPUT_TOPIC_KEYS
+
+
+class Sender:
+    """A confluent-kafka producer that surfaces delivery failures instead of losing messages."""
+
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        conf: dict[str, Any] = {
+            **settings.kafka_client_config(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "message.timeout.ms": 30000,
+        }
+        conf.update(overrides)
+        self._producer = Producer(conf)
+        self._errors: list[str] = []
+        self.delivered = 0
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+        else:
+            self.delivered += 1
+
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
+        """Queue one message; call `flush` to wait for delivery."""
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
+                )
+                break
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room.
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def send_many(self, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
+        """Queue (key, value) pairs; returns how many were queued."""
+        n = 0
+        for key, value in messages:
+            self.send(topic, value, key)
+            n += 1
+        return n
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait until every queued message is delivered.
+
+        Returns:
+            The number of messages delivered so far.
+
+        Raises:
+            DeliveryError: a message could not be delivered, or the timeout passed first.
+        """
+        remaining = self._producer.flush(timeout)
+        if self._errors:
+            first = self._errors[0]
+            raise DeliveryError(f"{len(self._errors)} message(s) not delivered: {first}")
+        if remaining:
+            raise DeliveryError(
+                f"{remaining} message(s) not delivered within {timeout:g}s "
+                "(is the broker reachable?)"
+            )
+        return self.delivered

@@ -1,0 +1,403 @@
+"""Impact engine: releases joined to KPI windows in event time, confounding, state, replay."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from stream_app.core.catalog import Catalog, load_catalog, parse_catalog
+from stream_app.core.impact import ImpactEngine, plan_windows
+from stream_app.core.replay import replay_events
+from stream_app.core.types import KpiJudgement, KpiSpec, VerdictRecord, WindowData
+from stream_app.events.model import KpiSample, Release
+
+T0 = 1_700_000_000.0 - (1_700_000_000.0 % 86400)  # midnight UTC
+HOUR = 3600.0
+
+CATALOG = parse_catalog(
+    """
+[defaults]
+baseline = "30m"
+post = "30m"
+bucket = "1m"
+allowed_lateness = "2m"
+min_buckets = 5
+min_samples = 10
+seasonality = "none"
+
+[[kpi]]
+name = "orders"
+aggregation = "sum"
+critical = true
+
+[[kpi]]
+name = "conversion"
+aggregation = "ratio"
+numerator = "orders"
+denominator = "sessions"
+
+[[kpi]]
+name = "latency_p95"
+aggregation = "quantile"
+stream = "latency_ms"
+quantile = 0.95
+direction = "down"
+""",
+    source="test-kpis.toml",
+)
+
+
+def stub_judge(
+    spec: KpiSpec,
+    base: WindowData,
+    post: WindowData,
+    *,
+    base_ref: WindowData | None = None,
+    post_ref: WindowData | None = None,
+    seasonal: str | None = None,
+    alpha: float = 0.05,
+    info_fraction: float = 1.0,
+) -> KpiJudgement:
+    """Calls any change beyond min_change, in the KPI's good or bad direction."""
+    b, p = base.value, post.value
+    if not b or p is None:
+        return KpiJudgement(spec.name, "inconclusive", "stub", "empty-baseline")
+    change = p / b - 1.0
+    if abs(change) < spec.min_change:
+        verdict = "neutral"
+    elif (change > 0) == (spec.direction == "up"):
+        verdict = "improved"
+    else:
+        verdict = "degraded"
+    return KpiJudgement(
+        spec.name,
+        verdict,  # type: ignore[arg-type]  # one of the three literals above
+        "stub",
+        "stub",
+        baseline_value=b,
+        post_value=p,
+        change=change,
+        method=f"stub({seasonal})",
+    )
+
+
+def stub_adjust(judgements: Sequence[KpiJudgement], *, alpha: float = 0.05) -> list[KpiJudgement]:
+    return list(judgements)
+
+
+def engine(catalog: Catalog = CATALOG, *, real: bool = False, interim: int = 10) -> ImpactEngine:
+    if real:
+        return ImpactEngine(catalog, interim_every_buckets=interim)
+    return ImpactEngine(
+        catalog, interim_every_buckets=interim, judge=stub_judge, adjust=stub_adjust
+    )
+
+
+def release(rid: str, t: float, service: str = "shop", **kw: object) -> Release:
+    return Release(id=rid, service=service, version=f"v-{rid}", time=t, kind="deployed", **kw)  # type: ignore[arg-type]
+
+
+def traffic(
+    start: float,
+    end: float,
+    *,
+    service: str = "shop",
+    step: float = 10.0,
+    seed: int = 1,
+    order_rate: float = 3.0,
+    drop_at: float | None = None,
+    drop: float = 0.5,
+    labels: dict[str, str] | None = None,
+) -> Iterator[KpiSample]:
+    """Sessions, orders and latency every `step` seconds; orders fall by `drop` after `drop_at`."""
+    rng = random.Random(seed)
+    t = start
+    while t < end:
+        rate = order_rate * (1.0 - drop if drop_at is not None and t >= drop_at else 1.0)
+        lab = labels or {}
+        yield KpiSample(service, "sessions", t, 10.0, labels=lab)
+        yield KpiSample(
+            service,
+            "orders",
+            t,
+            float(sum(rng.random() < rate / 10 for _ in range(10))),
+            labels=lab,
+        )
+        yield KpiSample(service, "latency_ms", t, rng.lognormvariate(4.0, 0.3), labels=lab)
+        t += step
+
+
+def run(
+    eng: ImpactEngine, events: Sequence[KpiSample | Release], *, advance_every: int = 1
+) -> list[VerdictRecord]:
+    """Feed events in order, advancing every `advance_every` events (and at the end)."""
+    out: list[VerdictRecord] = []
+    for i, e in enumerate(events, start=1):
+        if isinstance(e, Release):
+            out.extend(eng.on_release(e))
+        else:
+            eng.on_sample(e)
+        if i % advance_every == 0:
+            out.extend(eng.advance())
+    out.extend(eng.advance())
+    return out
+
+
+def with_release(samples: Iterator[KpiSample], *rels: Release) -> list[KpiSample | Release]:
+    """Samples with releases inserted at their event time."""
+    events: list[KpiSample | Release] = [*samples, *rels]
+    return sorted(events, key=lambda e: e.time)
+
+
+def finals(records: Sequence[VerdictRecord]) -> dict[tuple[str, str], VerdictRecord]:
+    """The latest final record per (release, kpi)."""
+    out: dict[tuple[str, str], VerdictRecord] = {}
+    for r in records:
+        if r.phase == "final":
+            out[(r.release_id, r.kpi)] = r
+    return out
+
+
+def test_step_drop_in_orders_after_a_release_is_degraded() -> None:
+    t = T0 + 2 * HOUR
+    events = with_release(traffic(T0, T0 + 4 * HOUR, drop_at=t), release("r1", t))
+    got = finals(run(engine(), events))
+    assert got[("r1", "orders")].judgement.verdict == "degraded"
+    assert got[("r1", "conversion")].judgement.verdict == "degraded"
+    assert got[("r1", "orders")].judgement.change == pytest.approx(-0.5, abs=0.1)
+    rec = got[("r1", "orders")]
+    assert (rec.baseline_window, rec.post_window) == ((t - 1800, t), (t, t + 1800))
+    assert (rec.phase, rec.revision, rec.critical, rec.version) == ("final", 1, True, "v-r1")
+
+
+def test_step_drop_with_the_real_judge_is_degraded_and_latency_neutral() -> None:
+    t = T0 + 2 * HOUR
+    events = with_release(traffic(T0, T0 + 4 * HOUR, drop_at=t, drop=0.3), release("r1", t))
+    got = finals(run(engine(real=True), events))
+    orders = got[("r1", "orders")].judgement
+    assert orders.verdict == "degraded", orders.reason
+    assert orders.p_adjusted is not None  # went through false-discovery control
+    assert got[("r1", "latency_p95")].judgement.verdict in ("neutral", "inconclusive")
+
+
+def test_the_final_verdict_waits_for_the_watermark_to_pass_the_post_window() -> None:
+    t = T0 + HOUR
+    eng = engine(interim=0)
+    out = run(eng, with_release(traffic(T0, t + 1800 + 60), release("r1", t)))
+    # Newest event is ~ t + 30m + 1m, lateness 2m: the post window [t, t + 30m) is not closed.
+    assert finals(out) == {}
+    assert [r.id for r in eng.pending_releases()] == ["r1"]
+    out = run(eng, list(traffic(t + 1800 + 60, t + 1800 + 200)))
+    assert {k for k, _ in finals(out)} == {"r1"}
+    assert eng.pending_releases() == []
+    # Samples for the closed windows are now late and change nothing.
+    assert eng.on_sample(KpiSample("shop", "orders", t + 60, 1000.0)) == "late"
+    assert finals(eng.advance()) == {}
+
+
+def test_interim_records_only_when_the_verdict_changes() -> None:
+    t = T0 + HOUR
+    events = with_release(traffic(T0, T0 + 3 * HOUR, drop_at=t), release("r1", t))
+    out = run(engine(interim=5), events)
+    interim = [r for r in out if r.phase == "interim" and r.kpi == "orders"]
+    # Looks at 5, 10, 15, 20, 25 minutes all say degraded: one record, revision 1.
+    assert [(r.revision, r.judgement.verdict) for r in interim] == [(1, "degraded")]
+    assert interim[0].post_window == (t, t + 300)
+
+
+def test_overlapping_releases_are_both_confounded_naming_each_other() -> None:
+    t = T0 + 2 * HOUR
+    a, b = release("a", t), release("b", t + 600)
+    got = finals(run(engine(), with_release(traffic(T0, T0 + 4 * HOUR, drop_at=t), a, b)))
+    for kpi in ("orders", "conversion", "latency_p95"):
+        assert got[("a", kpi)].judgement.verdict == "confounded"
+        assert got[("a", kpi)].judgement.confounders == ("b",)
+        assert got[("b", kpi)].judgement.verdict == "confounded"
+        assert got[("b", kpi)].judgement.confounders == ("a",)
+        assert got[("a", kpi)].judgement.reason_code == "overlap"
+
+
+def test_a_release_arriving_after_an_overlapping_final_verdict_revises_it() -> None:
+    t = T0 + 2 * HOUR
+    eng = engine()
+    out = run(eng, with_release(traffic(T0, T0 + 3 * HOUR, drop_at=t), release("a", t)))
+    assert finals(out)[("a", "orders")].judgement.verdict == "degraded"
+    # A rollback 20 minutes after the release, reported late (after a's final verdict).
+    rollback = Release("rb", "shop", "v-old", t + 1200, "rolledback")
+    revisions = eng.on_release(rollback)
+    assert {(r.release_id, r.kpi, r.revision) for r in revisions} == {
+        ("a", "orders", 2),
+        ("a", "conversion", 2),
+        ("a", "latency_p95", 2),
+    }
+    assert all(r.judgement.verdict == "confounded" for r in revisions)
+    assert all(r.judgement.confounders == ("rb",) for r in revisions)
+    later = finals(run(eng, list(traffic(T0 + 3 * HOUR, T0 + 4 * HOUR, seed=2))))
+    assert later[("rb", "orders")].judgement.verdict == "confounded"
+    assert later[("rb", "orders")].judgement.confounders == ("a",)
+
+
+def test_releases_further_apart_than_the_windows_are_not_confounded() -> None:
+    t = T0 + 2 * HOUR
+    rels = (release("a", t), release("b", t + 1801))
+    got = finals(run(engine(), with_release(traffic(T0, T0 + 4 * HOUR), *rels)))
+    assert got[("a", "orders")].judgement.confounders == ()
+    assert got[("b", "orders")].judgement.confounders == ()
+
+
+def test_a_repeated_release_id_is_judged_once() -> None:
+    t = T0 + 2 * HOUR
+    eng = engine()
+    r = release("r1", t)
+    assert eng.add_release(r)[0] == "accepted"
+    assert eng.add_release(r)[0] == "duplicate"
+    events = with_release(traffic(T0, T0 + 3 * HOUR), r)
+    out = [x for x in run(eng, events) if x.phase == "final"]
+    assert sorted(x.kpi for x in out) == ["conversion", "latency_p95", "orders"]
+    assert all(x.judgement.confounders == () for x in out)  # not confounded by itself
+
+
+def test_a_release_without_any_samples_is_inconclusive_no_data() -> None:
+    eng = engine()
+    eng.on_release(release("r1", T0, service="quiet"))
+    # Only later releases move the watermark of a service that sends no telemetry.
+    eng.on_release(release("r2", T0 + 6 * HOUR, service="quiet"))
+    got = finals(eng.advance())
+    assert {k: (r.judgement.verdict, r.judgement.reason_code) for k, r in got.items()} == {
+        ("r1", kpi): ("inconclusive", "no-data") for kpi in ("orders", "conversion", "latency_p95")
+    }
+
+
+def test_a_service_no_kpi_applies_to_is_out_of_scope() -> None:
+    cat = parse_catalog('[[kpi]]\nname = "orders"\naggregation = "sum"\nservices = ["shop"]\n')
+    eng = engine(cat)
+    assert eng.add_release(release("r1", T0, service="search")) == ("out-of-scope", [])
+    assert eng.on_sample(KpiSample("search", "orders", T0, 1.0)) == "out-of-scope"
+    assert eng.on_sample(KpiSample("shop", "clicks", T0, 1.0)) == "unknown-stream"
+    assert eng.services() == ["shop"]
+
+
+def test_snapshot_and_restore_mid_stream_give_identical_verdicts() -> None:
+    t = T0 + 2 * HOUR
+    events = with_release(
+        traffic(T0, T0 + 4 * HOUR, drop_at=t, labels={"region": "eu"}),
+        release("a", t),
+        release("b", t + 900),
+        release("c", t + 1.5 * HOUR),
+    )
+    uninterrupted = run(engine(real=True), events)
+    for cut in (len(events) // 3, (len(events) * 7) // 10):
+        first = engine(real=True)
+        out = run(first, events[:cut])
+        second = engine(real=True)  # a restarted worker
+        for service in first.dirty_services():
+            second.restore(service, first.snapshot(service))
+        out += run(second, events[cut:])
+        assert out == uninterrupted
+
+
+def test_verdicts_do_not_depend_on_how_often_advance_runs() -> None:
+    t = T0 + 2 * HOUR
+    events = with_release(
+        traffic(T0, T0 + 4 * HOUR, drop_at=t), release("a", t), release("b", t + 1200)
+    )
+    per_event = run(engine(), events)
+    per_batch = run(engine(), events, advance_every=500)
+    assert per_batch == per_event
+
+
+def test_dirty_services_name_only_changed_services() -> None:
+    eng = engine()
+    eng.on_sample(KpiSample("shop", "orders", T0, 1.0))
+    eng.on_sample(KpiSample("cart", "orders", T0, 1.0))
+    assert eng.dirty_services() == {"shop", "cart"}
+    eng.clear_dirty()
+    assert eng.on_sample(KpiSample("shop", "clicks", T0, 1.0)) == "unknown-stream"
+    assert eng.dirty_services() == set()
+    eng.on_sample(KpiSample("cart", "orders", T0 + 1, 1.0))
+    assert eng.dirty_services() == {"cart"}
+
+
+def test_release_between_buckets_skips_the_bucket_it_falls_in() -> None:
+    spec = CATALOG.kpis[0]
+    p = plan_windows(spec, T0 + 90.0)
+    assert (p.base_first * 60.0, p.base_stop * 60.0) == (T0 + 60 - 1800, T0 + 60)
+    assert (p.post_first * 60.0, p.post_stop * 60.0) == (T0 + 120, T0 + 120 + 1800)
+
+
+def test_weekly_then_daily_history_serves_as_seasonal_reference() -> None:
+    cat = parse_catalog(
+        '[defaults]\nbaseline = "30m"\npost = "30m"\nmin_buckets = 5\nmin_samples = 10\n'
+        '[[kpi]]\nname = "orders"\naggregation = "sum"\nseasonality = "auto"\n'
+    )
+    t = T0 + 8 * 86400 + 12 * HOUR
+
+    def samples(*days_back: int) -> Iterator[KpiSample]:
+        for d in days_back:
+            start = t - d * 86400 - HOUR
+            for m in range(120):
+                yield KpiSample("shop", "orders", start + 60 * m, 5.0)
+        for m in range(120):
+            yield KpiSample("shop", "orders", t - HOUR + 60 * m, 5.0)
+
+    def seasonal(*days_back: int) -> str | None:
+        events = with_release(samples(*days_back), release("r", t))
+        eng = engine(cat, interim=0)
+        out = run(eng, events) + eng.close_input()
+        return finals(out)[("r", "orders")].seasonal_reference
+
+    assert seasonal(7, 1) == "weekly"
+    assert seasonal(1) == "daily"
+    assert seasonal() is None
+
+
+def test_a_scoped_release_uses_the_rest_of_the_traffic_as_control() -> None:
+    t = T0 + 2 * HOUR
+    eu = traffic(T0, T0 + 3 * HOUR, drop_at=t, labels={"region": "eu"}, seed=1)
+    us = traffic(T0, T0 + 3 * HOUR, labels={"region": "us"}, seed=2)
+    scoped = release("canary", t, scope={"region": "eu"})
+    got = finals(run(engine(), with_release(iter([*eu, *us]), scoped)))
+    rec = got[("canary", "orders")]
+    assert rec.seasonal_reference == "control"
+    assert rec.extra["scope"] == "region=eu"
+    assert rec.judgement.verdict == "degraded"
+    assert rec.judgement.change == pytest.approx(-0.5, abs=0.1)  # the eu drop, not diluted by us
+
+
+def test_replay_sorts_by_event_time_and_reports_pending_releases() -> None:
+    t = T0 + 2 * HOUR
+    events = with_release(
+        traffic(T0, T0 + 3 * HOUR, drop_at=t), release("a", t), release("late", T0 + 3 * HOUR - 60)
+    )
+    in_order = replay_events(events, CATALOG, judge=stub_judge, adjust=stub_adjust)
+    shuffled = list(events)
+    random.Random(5).shuffle(shuffled)
+    result = replay_events(
+        [*shuffled, "not-an-event"], CATALOG, judge=stub_judge, adjust=stub_adjust
+    )
+    assert result.verdicts == in_order.verdicts
+    assert finals(result.verdicts)[("a", "orders")].judgement.verdict == "degraded"
+    assert [r.id for r in result.pending] == ["late"]
+    assert result.accepted == sum(1 for e in events if isinstance(e, KpiSample))
+    assert (result.late, result.rejected, result.ignored) == (0, {}, 1)
+    assert result.releases == {"accepted": 2}
+
+
+def test_replay_matches_the_engine_fed_in_order() -> None:
+    t = T0 + 2 * HOUR
+    events = with_release(traffic(T0, T0 + 4 * HOUR, drop_at=t), release("a", t))
+    eng = engine(real=True)
+    worker = run(eng, events)
+    replay = replay_events(events, CATALOG, interim_every_buckets=10)
+    assert replay.verdicts[: len(worker)] == worker
+
+
+def test_the_bundled_catalog_judges_a_release() -> None:
+    t = T0 + 2 * HOUR
+    events = with_release(traffic(T0, T0 + 4 * HOUR, drop_at=t), release("r1", t))
+    got = finals(run(engine(load_catalog(None), real=True), events))
+    assert got[("r1", "orders")].judgement.verdict == "degraded"
+    assert got[("r1", "revenue")].judgement.reason_code == "no-data"
+    assert len({kpi for _, kpi in got}) == 6

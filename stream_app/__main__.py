@@ -229,11 +229,12 @@ def _send(event: Any, form: Form = Form.plain) -> None:
 
     s = kafka_settings()
     topic = s.topic_names()[codec.role_of(event)]
-    headers: list[tuple[str, bytes]] | None = None
+    headers: list[tuple[str, str | bytes | None]] | None = None
     if form is Form.structured:
         value = codec.encode_structured(event)
     elif form is Form.binary:
-        value, headers = codec.encode_binary(event)
+        value, ce_headers = codec.encode_binary(event)
+        headers = list(ce_headers)
     else:
         value = codec.encode(event)
     sender = Sender(s, **{"message.timeout.ms": 15000})

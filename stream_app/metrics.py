@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from stream_app.core.types import VerdictRecord
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+# The *_created series double the exposition for no dashboard or alert use.
+disable_created_metrics()
 
 
 class Metrics:
@@ -100,23 +109,23 @@ class Metrics:
             "1 when the worker is connected and consuming.",
             registry=r,
         )
-        # Flow metrics per value stream (service or product); quantile in {0.5, 0.85}.
+        # Flow metrics per value stream (service or product); percentile label in {0.5, 0.85}.
         self.flow_time = Gauge(
             "valueloop_flow_time_seconds",
-            "Flow time of finished work items (start to production), by quantile.",
-            ["value_stream", "quantile"],
+            "Flow time of finished work items (start to production), by percentile (0.5, 0.85).",
+            ["value_stream", "percentile"],
             registry=r,
         )
         self.stage_active = Gauge(
             "valueloop_stage_active_seconds",
-            "Active (worked-on) time per item in a stage, by quantile.",
-            ["value_stream", "stage", "quantile"],
+            "Active (worked-on) time per item in a stage, by percentile (0.5, 0.85).",
+            ["value_stream", "stage", "percentile"],
             registry=r,
         )
         self.stage_wait = Gauge(
             "valueloop_stage_wait_seconds",
-            "Waiting time per item in a stage, by quantile.",
-            ["value_stream", "stage", "quantile"],
+            "Waiting time per item in a stage, by percentile (0.5, 0.85).",
+            ["value_stream", "stage", "percentile"],
             registry=r,
         )
         self.flow_efficiency = Gauge(
@@ -170,8 +179,8 @@ class Metrics:
         )
         self.lead_time = Gauge(
             "valueloop_lead_time_seconds",
-            "Lead time for changes (first commit to production deployment), by quantile.",
-            ["service", "quantile"],
+            "Lead time for changes (first commit to production), by percentile (0.5, 0.85).",
+            ["service", "percentile"],
             registry=r,
         )
         self.change_failure = Gauge(
@@ -182,8 +191,8 @@ class Metrics:
         )
         self.recovery_time = Gauge(
             "valueloop_recovery_time_seconds",
-            "Failed-deployment recovery time, by quantile.",
-            ["service", "quantile"],
+            "Failed-deployment recovery time, by percentile (0.5, 0.85).",
+            ["service", "percentile"],
             registry=r,
         )
         # Worker health.

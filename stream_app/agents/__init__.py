@@ -1,0 +1,1 @@
+"""Faust agents and tables: decode -> core -> emit, one module per domain."""

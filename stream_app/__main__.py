@@ -424,6 +424,101 @@ def schemas_check(
     typer.echo("schemas are up to date")
 
 
+# ---------------------------------------------------------------------------- simulate
+class ScenarioName(StrEnum):
+    """Simulator presets."""
+
+    demo = "demo"
+    accuracy = "accuracy"
+    weekly = "weekly"
+
+
+@app.command()
+def simulate(
+    scenario: Annotated[ScenarioName, typer.Option(help="Preset scenario.")] = ScenarioName.demo,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same events).")] = 7,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the events as JSON lines (one produced message value per line; .gz ok)."
+        ),
+    ] = None,
+    truth: Annotated[
+        Path | None,
+        typer.Option(help="Write the ground truth (one JSON object per release and KPI)."),
+    ] = None,
+    to_kafka: Annotated[
+        bool,
+        typer.Option(
+            "--to-kafka", help="Produce the events to the input topics, keyed by service."
+        ),
+    ] = False,
+    compression: Annotated[
+        float,
+        typer.Option(
+            help="Event-time seconds per wall-clock second when producing (0: flat out).",
+        ),
+    ] = 0.0,
+    samples_per_minute: Annotated[
+        int,
+        typer.Option(help="Telemetry volume: samples per stream, service and region per minute."),
+    ] = 1,
+) -> None:
+    """Generate a simulated shop (releases with known effects, KPIs, work items, incidents)."""
+    from stream_app.simfeed import run_simulation
+
+    if out is None and not to_kafka and truth is None:
+        fail("say where the events go: --out FILE and/or --to-kafka (and/or --truth FILE)")
+    run_simulation(
+        scenario.value,
+        seed,
+        out=out,
+        truth=truth,
+        settings=kafka_settings() if to_kafka else None,
+        compression=compression,
+        samples_per_minute=samples_per_minute,
+    )
+
+
+# ---------------------------------------------------------------------------- replay
+@app.command("replay")
+def replay_cmd(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="JSON-lines files of produced message values (mixed kinds, any order; .gz ok).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the verdicts as JSON lines (the vsm.impact contract)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or tables.")] = False,
+) -> None:
+    """Run the worker's core offline over files of events: verdicts, flow and DORA summary."""
+    from stream_app.replay_cli import run_replay
+
+    run_replay(settings(), files, out=out, quiet=quiet)
+
+
+# ---------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
+    keep_running: Annotated[
+        bool,
+        typer.Option("--keep-running", help="After the summary, keep the stack up until Ctrl-C."),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the verdicts.")] = 900.0,
+) -> None:
+    """The whole stack on this machine: broker, worker, Prometheus, a simulated shop, a summary."""
+    from stream_app.demo import run_demo
+
+    raise typer.Exit(run_demo(settings(), seed=seed, keep_running=keep_running, timeout=timeout))
+
+
 def main() -> None:
     """Console-script entry point: valueloop errors become one clear line and exit code 1."""
     try:

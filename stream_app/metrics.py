@@ -202,9 +202,56 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self._by_name: dict[str, Counter | Gauge] = {}
+        for m in (
+            self.flow_time,
+            self.stage_active,
+            self.stage_wait,
+            self.flow_efficiency,
+            self.flow_load,
+            self.flow_distribution,
+            self.bottleneck,
+            self.bottleneck_wait_share,
+            self.lead_time,
+            self.change_failure,
+            self.recovery_time,
+        ):
+            self._by_name[m._name] = m
+        for c in (self.flow_finished, self.deployments, self.deployment_failures):
+            self._by_name[c._name + "_total"] = c
+        self._report_gauges = [n for n, m in self._by_name.items() if isinstance(m, Gauge)]
+        self._gauge_keys: dict[str, set[tuple[str, ...]]] = {}
+        self._exported: dict[tuple[str, tuple[str, ...]], float] = {}
         self._current_version: dict[str, str] = {}
         self._current_release: dict[tuple[str, str], str] = {}
         self._release_times: dict[tuple[str, str], float] = {}
+
+    def apply_samples(self, samples: list[tuple[str, dict[str, str], float]]) -> None:
+        """Set report samples (flow, DORA) from the core.
+
+        Gauges receive the complete set for this moment: label sets that disappeared are removed.
+        ``_total`` samples are cumulative values: their counters grow by the increase.
+        """
+        seen: dict[str, set[tuple[str, ...]]] = {}
+        for name, labels, value in samples:
+            metric = self._by_name.get(name)
+            if metric is None:
+                continue
+            key = tuple(labels[n] for n in metric._labelnames)
+            if isinstance(metric, Counter):
+                prev = self._exported.get((name, key), 0.0)
+                if value > prev:
+                    metric.labels(*key).inc(value - prev)
+                    self._exported[(name, key)] = value
+            else:
+                metric.labels(*key).set(value)
+                seen.setdefault(name, set()).add(key)
+        for name in self._report_gauges:
+            current = seen.get(name, set())
+            for key in self._gauge_keys.get(name, set()) - current:
+                with contextlib.suppress(KeyError):
+                    self._by_name[name].remove(*key)
+            self._gauge_keys[name] = current
 
     def accepted(self, role: str, n: int = 1) -> None:
         """Count accepted input messages."""

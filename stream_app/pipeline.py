@@ -6,14 +6,18 @@ from dataclasses import dataclass, field
 
 from stream_app.codec import Decoded
 from stream_app.core.catalog import Catalog
+from stream_app.core.dora import DoraTracker, dora_metric_samples
+from stream_app.core.flow import FlowTracker, flow_metric_samples
 from stream_app.core.impact import ImpactEngine
 from stream_app.core.types import VerdictRecord
-from stream_app.events.model import KpiSample, Release
+from stream_app.core.valuestream import ValueStreamDef, load_valuestream
+from stream_app.events.model import Incident, KpiSample, Release, WorkflowEvent
 
 # Core outcomes that mean "this input cannot be used": the edge dead-letters it with this reason.
 DEADLETTER_OUTCOMES = frozenset(
     {"unknown-stream", "out-of-scope", "invalid-value", "too-many-label-values"}
 )
+MetricSample = tuple[str, dict[str, str], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +41,22 @@ class Step:
 
 
 class Pipeline:
-    """Decoded event -> core -> verdicts. Holds no I/O; the caller emits what it returns."""
+    """Decoded event -> core (impact engine, flow and DORA trackers) -> verdicts. No I/O."""
 
-    def __init__(self, catalog: Catalog, *, alpha: float = 0.05) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        valuestream: ValueStreamDef | None = None,
+        *,
+        alpha: float = 0.05,
+        report_period_seconds: float = 7 * 86400.0,
+    ) -> None:
         self.catalog = catalog
         self.engine = ImpactEngine(catalog, alpha=alpha)
+        vs = valuestream or load_valuestream()
+        self.flow = FlowTracker(vs)
+        self.dora = DoraTracker(vs)
+        self.report_period_seconds = report_period_seconds
         self.max_event_time = float("-inf")
 
     def handle(self, event: Decoded) -> Step:
@@ -50,14 +65,34 @@ class Pipeline:
         if isinstance(event, KpiSample):
             outcome = self.engine.on_sample(event)
             records = self.engine.advance(event.service) if outcome == "accepted" else []
-            return Step(records, outcome, event.service)
+            return self._step(records, outcome, event.service)
         if isinstance(event, Release):
             rel_outcome, records = self.engine.add_release(event)
             records = records + self.engine.advance(event.service)
+            self.dora.on_release(event)
+            self.flow.on_release(event)
             # A release for a service without KPIs is still a release (DORA counts it).
-            return Step(
-                records,
-                "accepted" if rel_outcome == "out-of-scope" else str(rel_outcome),
-                event.service,
+            return self._step(
+                records, "accepted" if rel_outcome == "out-of-scope" else rel_outcome, event.service
             )
-        return Step([], "accepted", event.service)
+        if isinstance(event, WorkflowEvent):
+            self.dora.on_workflow(event)
+            return Step([], str(self.flow.on_workflow(event)), event.service)
+        if isinstance(event, Incident):
+            return Step([], str(self.dora.on_incident(event)), event.service)
+        raise TypeError(f"not an event: {type(event).__name__}")  # pragma: no cover
+
+    def _step(self, records: list[VerdictRecord], outcome: str, service: str) -> Step:
+        for rec in records:
+            self.dora.on_verdict(rec)
+        return Step(records, outcome, service)
+
+    def report_samples(self, now: float | None = None) -> list[MetricSample]:
+        """Flow and DORA metric samples as of `now` (default: the latest event time seen)."""
+        t = self.max_event_time if now is None else now
+        if t == float("-inf"):
+            return []
+        period = self.report_period_seconds
+        return flow_metric_samples(self.flow.snapshot(t, period)) + dora_metric_samples(
+            self.dora.report(t, period)
+        )

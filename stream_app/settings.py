@@ -75,6 +75,13 @@ class Settings(BaseSettings):
         default=None, description="KPI catalog (TOML). Unset: the bundled example."
     )
 
+    valuestream_file: Path | None = Field(
+        default=None, description="Value-stream definition (TOML). Unset: the bundled default."
+    )
+    report_period_days: float = Field(
+        default=7.0, gt=0, description="Period of flow and DORA reports (event time, days)."
+    )
+
     # Local broker
     broker_port: int = Field(
         default=0, ge=0, le=65535, description="Local broker port; 0 picks a free one."

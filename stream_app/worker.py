@@ -14,6 +14,7 @@ from stream_app.agents.state import ServiceStateTable
 from stream_app.app import build_app
 from stream_app.codec import Decoded
 from stream_app.core.catalog import load_catalog
+from stream_app.core.valuestream import load_valuestream
 from stream_app.metrics import CONTENT_TYPE_LATEST, Metrics
 from stream_app.pipeline import Pipeline, Step
 from stream_app.settings import Settings
@@ -27,7 +28,11 @@ def build_worker_app(
     """The faust App with valueloop's agents, state table and /metrics, /health, /live pages."""
     app = build_app(settings)
     metrics = metrics or Metrics()
-    pipeline = Pipeline(load_catalog(settings.kpis_file))
+    pipeline = Pipeline(
+        load_catalog(settings.kpis_file),
+        load_valuestream(settings.valuestream_file),
+        report_period_seconds=settings.report_period_days * 86400.0,
+    )
     state = ServiceStateTable(app, settings, pipeline)
 
     def handle(event: Decoded, partition: int) -> Step:
@@ -45,6 +50,7 @@ def build_worker_app(
             wm = pipeline.engine.watermark(service)
             if wm > float("-inf"):
                 metrics.watermark.labels(service).set(wm)
+        metrics.apply_samples(pipeline.report_samples())
 
     @app.page("/metrics")  # type: ignore[arg-type]  # an aiohttp Response is what faust serves
     async def metrics_page(self: View, request: Request) -> web.Response:

@@ -116,8 +116,9 @@ def ratio_estimate(w: CleanWindow) -> RatioEstimate:
     r = float(w.num.sum()) / total_den
     if n < 2:
         return RatioEstimate(r, math.nan, n)
-    resid = w.num - r * w.den
-    var = float(resid @ resid) / (total_den * total_den) * n / (n - 1)
+    # Scale before squaring: (sum den)^2 underflows for tiny denominators.
+    scaled = (w.num - r * w.den) / total_den
+    var = float(scaled @ scaled) * n / (n - 1)
     return RatioEstimate(r, var, n)
 
 
@@ -172,6 +173,11 @@ def welch_df(variances: Sequence[float], ns: Sequence[int]) -> float:
     return 1.0 / denom
 
 
+def _expm1_clipped(x: float) -> float:
+    """exp(x) - 1 with x clipped to +-_MAX_LOG, so a relative change is always finite."""
+    return math.expm1(min(max(x, -_MAX_LOG), _MAX_LOG))
+
+
 @dataclass(frozen=True, slots=True)
 class ChangeEstimate:
     """Relative change post vs baseline (optionally difference-in-differences vs a reference).
@@ -192,7 +198,9 @@ class ChangeEstimate:
     @property
     def change(self) -> float:
         """The point estimate of the relative change (0.05 = +5 %)."""
-        return math.expm1(self.estimate) if self.scale == "log" else self.estimate
+        if self.scale == "log":
+            return _expm1_clipped(self.estimate)
+        return self.estimate
 
     def quantile(self, level: float) -> float:
         """The two-sided critical value for significance ``level`` (t with Welch df)."""
@@ -204,7 +212,7 @@ class ChangeEstimate:
         lo, hi = self.estimate - half, self.estimate + half
         if self.scale == "log":
             # Clip so a near-empty interim look yields a huge but finite bound (JSON-safe).
-            return math.expm1(max(lo, -_MAX_LOG)), math.expm1(min(hi, _MAX_LOG))
+            return _expm1_clipped(lo), _expm1_clipped(hi)
         return lo, hi
 
     def p_value(self) -> float:

@@ -214,6 +214,11 @@ class WorkItemContent(BaseModel):
     action: Literal["entered", "left"]
     state: State | None = None
     service: Name
+    outcome: str | None = Field(
+        default=None,
+        max_length=64,
+        description='How the item left the stage, e.g. "deployed" when it reached production.',
+    )
 
 
 class WorkItemSubject(BaseModel):
@@ -314,7 +319,7 @@ def _workitem(m: WorkItemEvent, event: EventType) -> WorkflowEvent:
         state=c.state,
         source_type="workitem",
         commits=tuple(commits),
-        outcome=None,
+        outcome=c.outcome,
     )
 
 
@@ -322,7 +327,7 @@ def _workitem(m: WorkItemEvent, event: EventType) -> WorkflowEvent:
 def _event_name(e: WorkflowEvent) -> str:
     """The CDEvent that carries ``e``, or ValueError when none does."""
     if e.source_type == "workitem":
-        if e.action in ("entered", "left") and e.item_type is not None and e.outcome is None:
+        if e.action in ("entered", "left") and e.item_type is not None:
             return WORKITEM_EVENT
     else:
         for name, (source_type, action, outcome) in _MAP.items():
@@ -397,6 +402,8 @@ def _workitem_to_cdevent(e: WorkflowEvent, event: EventType, spec_version: str) 
     }
     if e.state is not None:
         content["state"] = e.state
+    if e.outcome is not None:
+        content["outcome"] = e.outcome
     doc: dict[str, Any] = {
         "context": context_dict(event, spec_version, e.id, e.time),
         "subject": subject_dict(event, spec_version, e.item_id, content),

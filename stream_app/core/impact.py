@@ -161,6 +161,18 @@ def _no_data(spec: KpiSpec) -> KpiJudgement:
     )
 
 
+def _history_lost(spec: KpiSpec) -> KpiJudgement:
+    return KpiJudgement(
+        kpi=spec.name,
+        verdict="inconclusive",
+        reason=(
+            "the release arrived after part of its baseline had left the retained history "
+            "(raise the retention or emit deployment events sooner)"
+        ),
+        reason_code="history-evicted",
+    )
+
+
 def _confound(j: KpiJudgement, ids: tuple[str, ...]) -> KpiJudgement:
     return dataclasses.replace(
         j,
@@ -272,7 +284,9 @@ class ImpactEngine:
         if r.time < wm - self._retention - self._reach(st):
             return "too-old", out
         rs = _ReleaseState(r, seen_wm=wm)
-        st.buckets.observe(r.time)
+        # A release does not move the watermark: releases and samples come from different topics,
+        # and in the worker the deployments topic may be read far ahead of the telemetry topic.
+        # Moving the watermark here would turn the samples still to come into "late" ones.
         st.releases[r.id] = rs
         if self.interim_every_buckets > 0:
             # Looks that were due before the release was known are skipped, not replayed in a burst.
@@ -521,6 +535,10 @@ class ImpactEngine:
             post, np_ = self._window(
                 st, spec, plan.post_first, plan.post_stop, scope, None, horizon
             )
+            if plan.base_first * plan.width < rs.seen_wm - self._retention:
+                # Judging what is left would compare against a truncated baseline: never that.
+                rows.append((spec, plan, _history_lost(spec), None))
+                continue
             if base.samples <= 0 and post.samples <= 0:
                 rows.append((spec, plan, _no_data(spec), None))
                 continue

@@ -259,15 +259,36 @@ def test_a_repeated_release_id_is_judged_once() -> None:
     assert all(x.judgement.confounders == () for x in out)  # not confounded by itself
 
 
-def test_a_release_without_any_samples_is_inconclusive_no_data() -> None:
+def test_a_release_without_any_samples_stays_pending() -> None:
     eng = engine()
     eng.on_release(release("r1", T0, service="quiet"))
-    # Only later releases move the watermark of a service that sends no telemetry.
     eng.on_release(release("r2", T0 + 6 * HOUR, service="quiet"))
-    got = finals(eng.advance())
-    assert {k: (r.judgement.verdict, r.judgement.reason_code) for k, r in got.items()} == {
-        ("r1", kpi): ("inconclusive", "no-data") for kpi in ("orders", "conversion", "latency_p95")
-    }
+    # Releases do not move the watermark: with no telemetry nothing can be judged yet.
+    assert finals(eng.advance()) == {}
+    assert {r.id for r in eng.pending_releases()} == {"r1", "r2"}
+
+
+def test_a_release_read_before_its_telemetry_gives_the_same_verdicts() -> None:
+    """The worker may read the deployments topic far ahead of the telemetry topic."""
+    t = T0 + 2 * HOUR
+    r = release("r1", t)
+    # Telemetry reaches past the post window (30 min + lateness), while the release's baseline is
+    # still retained (a release later than the retention can no longer be judged: too-old).
+    samples = list(traffic(T0, T0 + 2 * HOUR + 33 * 60))
+    in_order = finals(run(engine(), with_release(samples, r)))
+    ahead = finals(run(engine(), [r, *samples]))
+    behind = finals(run(engine(), [*samples, r]))
+    assert in_order and set(in_order) == set(ahead) == set(behind)
+    for k, rec in in_order.items():
+        assert ahead[k].judgement == rec.judgement
+        assert behind[k].judgement == rec.judgement
+
+
+def test_a_release_arriving_after_its_baseline_left_the_history_is_not_judged_on_a_stub() -> None:
+    r = release("r1", T0 + 2 * HOUR)
+    got = finals(run(engine(), [*traffic(T0, T0 + 3 * HOUR), r]))
+    assert got and {v.judgement.reason_code for v in got.values()} == {"history-evicted"}
+    assert {v.judgement.verdict for v in got.values()} == {"inconclusive"}
 
 
 def test_a_service_no_kpi_applies_to_is_out_of_scope() -> None:

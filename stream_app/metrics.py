@@ -104,6 +104,11 @@ class Metrics:
             "Messages written to the dead-letter topic.",
             registry=r,
         )
+        self.state_restored = Counter(
+            "valueloop_state_restored_services_total",
+            "Services whose engine state was restored from the changelog-backed table.",
+            registry=r,
+        )
         self.ready = Gauge(
             "valueloop_ready",
             "1 when the worker is connected and consuming.",

@@ -33,7 +33,9 @@ def build_worker_app(
         load_valuestream(settings.valuestream_file),
         report_period_seconds=settings.report_period_days * 86400.0,
     )
-    state = ServiceStateTable(app, settings, pipeline)
+    state = ServiceStateTable(
+        app, settings, pipeline, on_restore=lambda _service: metrics.state_restored.inc()
+    )
 
     def handle(event: Decoded, partition: int) -> Step:
         state.before(event.service, partition)

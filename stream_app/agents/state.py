@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -26,9 +27,15 @@ class ServiceStateTable:
     """
 
     def __init__(
-        self, app: faust.App, settings: Settings, pipeline: Pipeline, interval: float = 2.0
+        self,
+        app: faust.App,
+        settings: Settings,
+        pipeline: Pipeline,
+        interval: float = 2.0,
+        on_restore: Callable[[str], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.on_restore = on_restore
         self.interval = interval
         self.table = app.Table(
             TABLE_NAME,
@@ -36,6 +43,11 @@ class ServiceStateTable:
             partitions=settings.topic_partitions,
             extra_topic_configs={"max.message.bytes": str(SNAPSHOT_MAX_BYTES)},
         )
+        # Snapshots are bytes (zlib) and keys plain names: faust tables default to json for both
+        # (and build their changelog topic with it), which fails on recovery. Rebuild it raw.
+        self.table.key_serializer = "raw"
+        self.table.value_serializer = "raw"
+        self.table._changelog_topic = self.table._new_changelog_topic()
         self.partition_of: dict[str, int] = {}
         self.loaded: set[str] = set()
         self._last_flush = 0.0
@@ -49,6 +61,8 @@ class ServiceStateTable:
         data = self.table.data.get(service.encode())
         if data:
             self.pipeline.engine.restore(service, bytes(data))
+            if self.on_restore is not None:
+                self.on_restore(service)
 
     def maybe_flush(self, force: bool = False) -> int:
         """Write the snapshots of dirty services when the interval has passed; returns how many."""

@@ -29,8 +29,18 @@ watermark too). Two releases of one service closer than a KPI's max(baseline, po
 ``confounded`` on that KPI, both naming each other; when the second arrives after the first's final
 verdict, a revision of that verdict is emitted. A release scoped to a label value
 (``{"region": "eu"}``: the first configured scope label it names) is judged on that scope's
-buckets, with the rest of the traffic as a concurrent control when the rest holds enough data, else
-with a seasonal reference.
+buckets, with its own seasonal reference when one is clean, else with the rest of the traffic as a
+concurrent control when the rest holds enough data.
+
+Seasonal references
+-------------------
+A reference stands for "the same hours, without this release": the week-ago windows when they hold
+data (a Monday-morning rise is only explained by last Monday), else every earlier day within the
+retained week whose windows hold data, pooled bucket by bucket (more days, less reference noise).
+A candidate whose windows contain another release of the service is skipped: its step would be
+read, with the opposite sign, as this release's effect (with a release every few hours that
+happened to most day-ago references). The rest of the traffic comes after the scope's own history
+because it need not share the shape of the day: another region's morning ramp comes hours apart.
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ from typing import Any, Literal, Protocol
 import orjson
 
 from stream_app.core.buckets import CHUNK, SampleOutcome, ServiceBuckets, layouts_for, scope_key
-from stream_app.core.catalog import DAY_SECONDS, WEEK_SECONDS, Catalog
+from stream_app.core.catalog import DAY_SECONDS, Catalog
 from stream_app.core.stats import interim_threshold
 from stream_app.core.types import (
     KpiJudgement,
@@ -63,10 +73,13 @@ RELEASE_OUTCOMES: tuple[ReleaseOutcome, ...] = ("accepted", "duplicate", "out-of
 # A seasonal or control reference is used only when it holds at least this share of the non-empty
 # buckets the judged windows hold: a half-empty reference adds more noise than it removes.
 REFERENCE_COVERAGE = 0.8
-_SEASONS: dict[str, tuple[tuple[str, float], ...]] = {
-    "auto": (("weekly", WEEK_SECONDS), ("daily", DAY_SECONDS)),
-    "weekly": (("weekly", WEEK_SECONDS),),
-    "daily": (("daily", DAY_SECONDS),),
+# Seasonal reference candidates in order of preference: (label, lag in days). "auto" tries the
+# week-ago windows first, then the nearest earlier day whose windows are free of releases (a
+# retained week of history holds six of them); "daily" keeps one day of history, so only day-ago.
+_SEASONS: dict[str, tuple[tuple[str, int], ...]] = {
+    "auto": (("weekly", 7), *(("daily", d) for d in range(1, 7))),
+    "weekly": (("weekly", 7),),
+    "daily": (("daily", 1),),
     "none": (),
 }
 _MAGIC = b"VLS1"
@@ -361,6 +374,8 @@ class ImpactEngine:
 
     def _advance(self, service: str, st: _ServiceState) -> list[VerdictRecord]:
         wm = st.buckets.watermark
+        if wm < st.next_due and wm < st.next_compact and wm < st.next_evict:
+            return []  # the common case, once per sample: nothing is due
         out: list[VerdictRecord] = []
         while wm >= st.next_due:
             # One look at a time, earliest due first (ties: older release first), so records come
@@ -491,8 +506,14 @@ class ImpactEngine:
         scope: str,
         horizon: float,
         covered: tuple[int, int],
-    ) -> tuple[WindowData | None, WindowData | None, str | None]:
-        """The reference windows: the rest of the traffic for a scoped release, else seasonal."""
+        release: Release,
+    ) -> tuple[WindowData | None, WindowData | None, str | None, str | None, str]:
+        """The reference windows: a clean seasonal reference, else the rest of the traffic.
+
+        Returns:
+            (base_ref, post_ref, reference kind for the record, label for the judge's method,
+            note on references skipped because another release falls in them).
+        """
 
         def enough(a: int, b: int) -> bool:
             return all(
@@ -500,7 +521,55 @@ class ImpactEngine:
                 for got, need in ((a, covered[0]), (b, covered[1]))
             )
 
+        skipped: list[str] = []
+        days_found: list[int] = []
+        pooled: list[tuple[WindowData, WindowData]] = []
+        for name, days in _SEASONS[spec.seasonality]:
+            k = round(days * DAY_SECONDS / plan.width)
+            # A reference stands for "the same hours without a release": one holding a release of
+            # the service carries that release's step, which the difference-in-differences would
+            # credit (with the opposite sign) to this release. The next candidate is tried.
+            lo, hi = (plan.base_first - k) * plan.width, (plan.post_stop - k) * plan.width
+            inside = sorted(
+                o.release.id
+                for o in st.releases.values()
+                if o.release is not release and lo < o.release.time < hi
+            )
+            if inside:
+                skipped.append(f"{days}d ago ({', '.join(inside)})")
+                continue
+            base_ref, nb = self._window(
+                st, spec, plan.base_first - k, plan.base_stop - k, scope, None, horizon
+            )
+            post_ref, np_ = self._window(
+                st, spec, plan.post_first - k, plan.post_stop - k, scope, None, horizon
+            )
+            if not enough(nb, np_):
+                continue
+            if name == "weekly":
+                # The same weekday stays alone: pooling it with other weekdays would bring back
+                # the weekday-specific shape (a Monday-morning rise) it is there to remove.
+                return base_ref, post_ref, name, name, ""
+            days_found.append(days)
+            pooled.append((base_ref, post_ref))
+        note = "; seasonal references holding a release were skipped: " + ", ".join(skipped)
+        note = note if skipped else ""
+        if pooled:
+            # Every clean earlier day at the same hours, pooled bucket by bucket: the reference's
+            # share of the variance shrinks as 1/days (two windows of equal noise count twice).
+            base_ref = _pool([b for b, _ in pooled])
+            post_ref = _pool([p for _, p in pooled])
+            if days_found == [1]:
+                label = "daily"
+            elif len(days_found) == 1:
+                label = f"daily, {days_found[0]} days back"
+            else:
+                label = f"daily, {len(days_found)} days pooled: {', '.join(map(str, days_found))}"
+            return base_ref, post_ref, "daily", label, ""
         if scope:
+            # The rest of the traffic comes second: it shares concurrent shocks but not always the
+            # shape of the day (another region lives in another time zone, so its morning ramp
+            # comes hours apart), while the scope's own history shares its shape.
             base_ref, nb = self._window(
                 st, spec, plan.base_first, plan.base_stop, "", scope, horizon
             )
@@ -508,18 +577,8 @@ class ImpactEngine:
                 st, spec, plan.post_first, plan.post_stop, "", scope, horizon
             )
             if enough(nb, np_):
-                return base_ref, post_ref, "control"
-        for name, shift in _SEASONS[spec.seasonality]:
-            k = round(shift / plan.width)
-            base_ref, nb = self._window(
-                st, spec, plan.base_first - k, plan.base_stop - k, scope, None, horizon
-            )
-            post_ref, np_ = self._window(
-                st, spec, plan.post_first - k, plan.post_stop - k, scope, None, horizon
-            )
-            if enough(nb, np_):
-                return base_ref, post_ref, name
-        return None, None, None
+                return base_ref, post_ref, "control", "control", note
+        return None, None, None, None, note
 
     def _judge_release(
         self, st: _ServiceState, rs: _ReleaseState, phase: Phase, elapsed: float | None, due: float
@@ -542,8 +601,8 @@ class ImpactEngine:
             if base.samples <= 0 and post.samples <= 0:
                 rows.append((spec, plan, _no_data(spec), None))
                 continue
-            base_ref, post_ref, seasonal = self._references(
-                st, spec, plan, scope, horizon, (nb, np_)
+            base_ref, post_ref, seasonal, label, note = self._references(
+                st, spec, plan, scope, horizon, (nb, np_), r
             )
             j = self._judge(
                 spec,
@@ -551,10 +610,12 @@ class ImpactEngine:
                 post,
                 base_ref=base_ref,
                 post_ref=post_ref,
-                seasonal=seasonal,
+                seasonal=label,
                 alpha=self.alpha,
                 info_fraction=(plan.post_stop - plan.post_first) / plan.post_full,
             )
+            if note:
+                j = dataclasses.replace(j, reason=j.reason + note)
             rows.append((spec, plan, j, seasonal))
         # An interim look is judged at the spending-function level, so the FDR control must be too.
         level = self.alpha
@@ -674,6 +735,24 @@ class ImpactEngine:
             (self._next_due(st, rs) for rs in st.releases.values() if not rs.finalized),
             default=math.inf,
         )
+
+
+def _pool(windows: Sequence[WindowData]) -> WindowData:
+    """Windows of the same hours on different days summed bucket by bucket (one pooled day).
+
+    Bucket i's value stays num/den: the mean over the days for sum and quantile KPIs (den = 1 per
+    day with data), the ratio of pooled sums for ratio and mean KPIs.
+    """
+    first = windows[0]
+    if len(windows) == 1:
+        return first
+    return WindowData(
+        first.start,
+        first.end,
+        tuple(math.fsum(c) for c in zip(*(w.num for w in windows), strict=True)),
+        tuple(math.fsum(c) for c in zip(*(w.den for w in windows), strict=True)),
+        math.fsum(w.samples for w in windows),
+    )
 
 
 def _release_from(d: dict[str, Any]) -> Release:

@@ -37,7 +37,8 @@ class ServiceStateTable:
         self.pipeline = pipeline
         self.on_restore = on_restore
         self.interval = interval
-        self.table = app.Table(
+        # Typed Any: faust's TableT stub lacks the serializer attributes set below.
+        self.table: Any = app.Table(
             TABLE_NAME,
             default=None,
             partitions=settings.topic_partitions,

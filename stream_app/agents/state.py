@@ -38,7 +38,7 @@ class ServiceStateTable:
         self.on_restore = on_restore
         self.interval = interval
         # Typed Any: faust's TableT stub lacks the serializer attributes set below.
-        self.table: Any = app.Table(
+        table: Any = app.Table(
             TABLE_NAME,
             default=None,
             partitions=settings.topic_partitions,
@@ -46,9 +46,10 @@ class ServiceStateTable:
         )
         # Snapshots are bytes (zlib) and keys plain names: faust tables default to json for both
         # (and build their changelog topic with it), which fails on recovery. Rebuild it raw.
-        self.table.key_serializer = "raw"
-        self.table.value_serializer = "raw"
-        self.table._changelog_topic = self.table._new_changelog_topic()
+        table.key_serializer = "raw"
+        table.value_serializer = "raw"
+        table._changelog_topic = table._new_changelog_topic()
+        self.table = table
         self.partition_of: dict[str, int] = {}
         self.loaded: set[str] = set()
         self._last_flush = 0.0

@@ -8,6 +8,7 @@ import sys
 from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import accumulate, pairwise
 from typing import Literal, NamedTuple
 
 import orjson
@@ -109,20 +110,29 @@ def encode_sketch(bins: Mapping[int, float]) -> bytes:
     """
     keys = sorted(bins)
     weights = [bins[k] for k in keys]
-    integral = all(w >= 0 and w == int(w) and w < 2**53 for w in weights)
+    try:
+        ints = list(map(int, weights))
+        integral = ints == weights and (not ints or (min(weights) >= 0 and max(weights) < 2**53))
+    except (OverflowError, ValueError):  # inf or NaN: not integral
+        integral = False
     out = bytearray((0 if integral else 1,))
     _put_varint(out, len(keys))
-    prev = 0
-    for i, k in enumerate(keys):
-        if i == 0:
-            _put_varint(out, (k << 1) if k >= 0 else ((-k << 1) - 1))
-        else:
-            _put_varint(out, k - prev)
-        prev = k
+    if not keys:
+        return bytes(out)
+    k0 = keys[0]
+    _put_varint(out, (k0 << 1) if k0 >= 0 else ((-k0 << 1) - 1))
+    deltas = [b - a for a, b in pairwise(keys)]
     if integral:
-        for w in weights:
-            _put_varint(out, int(w))
+        rest = deltas + ints
+        if max(rest) < 0x80:
+            # Every varint is one byte (near bins, small counts): the common closed minute.
+            out += bytes(rest)
+        else:
+            for v in rest:
+                _put_varint(out, v)
     else:
+        for d in deltas:
+            _put_varint(out, d)
         out += struct.pack(f"<{len(weights)}d", *weights)
     return bytes(out)
 
@@ -131,11 +141,19 @@ def decode_sketch(data: bytes) -> tuple[list[int], list[float]]:
     """Ascending keys and weights of a sketch made by `encode_sketch`."""
     integral = data[0] == 0
     n, pos = _get_varint(data, 1)
-    keys: list[int] = []
-    prev = 0
-    for i in range(n):
+    if n == 0:
+        return [], []
+    v, pos = _get_varint(data, pos)
+    first = (v >> 1) if not v & 1 else -((v + 1) >> 1)
+    if integral and len(data) - pos == 2 * n - 1:
+        # 2n - 1 varints in 2n - 1 bytes: each is a single byte (the common case).
+        rest = data[pos:]
+        return list(accumulate(rest[: n - 1], initial=first)), [float(w) for w in rest[n - 1 :]]
+    keys = [first]
+    prev = first
+    for _ in range(n - 1):
         v, pos = _get_varint(data, pos)
-        prev = ((v >> 1) if not v & 1 else -((v + 1) >> 1)) if i == 0 else prev + v
+        prev += v
         keys.append(prev)
     if integral:
         weights: list[float] = []
@@ -231,6 +249,9 @@ class ServiceBuckets:
         self.max_label_values = max_label_values
         self.max_time: float | None = None
         self.flushed_to: float | None = None
+        # Per stream, the oldest event time ever accepted: before it there is no history, which a
+        # sum must not read as zeros (a reference or baseline starting earlier is incomplete).
+        self.first_seen: dict[str, float] = {}
         self._series: dict[tuple[str, str], _Series] = {}
         self._label_values: dict[tuple[str, str], set[str]] = {}
 
@@ -313,6 +334,9 @@ class ServiceBuckets:
                 bins[key] = bins.get(key, 0.0) + count
         if self.max_time is None or time > self.max_time:
             self.max_time = time
+        first = self.first_seen.get(stream)
+        if first is None or time < first:
+            self.first_seen[stream] = time
         return "accepted"
 
     def _new_series(self, stream: str, scope: str, sketch: bool) -> _Series:
@@ -471,7 +495,12 @@ class ServiceBuckets:
                 [stream, scope, s.open is not None, chunk_ids, closed_ids, closed_lens, open_bins]
             )
         meta = orjson.dumps(
-            {"max": self.max_time, "flushed": self.flushed_to, "series": meta_series}
+            {
+                "max": self.max_time,
+                "flushed": self.flushed_to,
+                "first": self.first_seen,
+                "series": meta_series,
+            }
         )
         return struct.pack("<I", len(meta)) + meta + bytes(blob)
 
@@ -482,6 +511,8 @@ class ServiceBuckets:
         pos = 4 + n
         self.max_time = meta["max"]
         self.flushed_to = meta["flushed"]
+        # Snapshots from before first_seen existed: unknown, so no window is held back for it.
+        self.first_seen = {k: float(v) for k, v in meta.get("first", {}).items()}
         self._series = {}
         self._label_values = {}
         size = 16 * CHUNK

@@ -186,6 +186,7 @@ class DoraTracker:
         self._incidents: dict[str, _Incident] = {}
         self._change_first: dict[str, dict[str, float]] = {}  # service -> change -> first time
         self._change_alias: dict[str, dict[str, str]] = {}  # service -> sha / change id -> change
+        self._work_proxy: set[str] = set()  # changes whose first time is a work item's start
         self._verdicts: dict[str, dict[str, KpiOutcome]] = {}  # release id -> kpi -> final verdict
         self._verdict_meta: dict[str, tuple[str, str, float]] = {}  # release -> service, ver, time
         self._deploys_total: dict[str, int] = {}
@@ -251,15 +252,26 @@ class DoraTracker:
     def on_workflow(self, ev: WorkflowEvent) -> bool:
         """Record the first-commit time of a change from its CDEvents change events.
 
+        When a change has no CDEvents change event, the time its work item first entered an
+        active stage (e.g. dev) stands in for the first commit; a change event replaces it.
+
         Returns:
-            Whether the event was a change event (others carry no commit time).
+            Whether the event set or may set a first-commit time.
         """
-        if ev.source_type != "change":
+        proxy = ev.source_type == "workitem" and ev.action == "entered" and ev.state == "active"
+        if ev.source_type != "change" and not proxy:
             return False
         firsts = self._change_first.setdefault(ev.service, {})
         aliases = self._change_alias.setdefault(ev.service, {})
         # A commit already known under another change id (e.g. the work item) keeps that change.
         key = aliases.get(ev.item_id, ev.item_id)
+        if proxy:
+            if key in firsts and key not in self._work_proxy:
+                return False  # a real change event already gave the first commit
+            self._work_proxy.add(key)
+        elif key in self._work_proxy:
+            self._work_proxy.discard(key)
+            firsts.pop(key, None)
         firsts[key] = min(firsts.get(key, ev.time), ev.time)
         for a in (ev.item_id, *ev.commits):
             aliases.setdefault(a, key)
@@ -416,6 +428,7 @@ class DoraTracker:
             ],
             "change_first": self._change_first,
             "change_alias": self._change_alias,
+            "work_proxy": sorted(self._work_proxy),
             "verdicts": {
                 rid: [[v.kpi, v.verdict, v.change, v.critical, v.revision] for v in per.values()]
                 for rid, per in self._verdicts.items()
@@ -446,6 +459,7 @@ class DoraTracker:
         }
         self._change_first = doc["change_first"]
         self._change_alias = doc["change_alias"]
+        self._work_proxy = set(doc.get("work_proxy", ()))
         self._verdicts = {
             rid: {v[0]: KpiOutcome(*v) for v in per} for rid, per in doc["verdicts"].items()
         }

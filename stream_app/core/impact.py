@@ -186,6 +186,18 @@ def _history_lost(spec: KpiSpec) -> KpiJudgement:
     )
 
 
+def _history_missing(spec: KpiSpec, first: float) -> KpiJudgement:
+    return KpiJudgement(
+        kpi=spec.name,
+        verdict="inconclusive",
+        reason=(
+            f"the baseline starts before the first sample of {', '.join(spec.streams())} "
+            f"(t={first:g}): missing history would read as zeros"
+        ),
+        reason_code="history-missing",
+    )
+
+
 def _confound(j: KpiJudgement, ids: tuple[str, ...]) -> KpiJudgement:
     return dataclasses.replace(
         j,
@@ -498,6 +510,11 @@ class ImpactEngine:
         data = WindowData(first * w, stop * w, tuple(num), tuple(den), math.fsum(counts))
         return data, nonempty
 
+    def _first_seen(self, st: _ServiceState, spec: KpiSpec) -> float:
+        """Event time from which every stream of `spec` has history (-inf when unknown)."""
+        firsts = [st.buckets.first_seen.get(name) for name in spec.streams()]
+        return max((f for f in firsts if f is not None), default=-math.inf)
+
     def _references(
         self,
         st: _ServiceState,
@@ -521,6 +538,7 @@ class ImpactEngine:
                 for got, need in ((a, covered[0]), (b, covered[1]))
             )
 
+        first = self._first_seen(st, spec)
         skipped: list[str] = []
         days_found: list[int] = []
         pooled: list[tuple[WindowData, WindowData]] = []
@@ -530,6 +548,8 @@ class ImpactEngine:
             # the service carries that release's step, which the difference-in-differences would
             # credit (with the opposite sign) to this release. The next candidate is tried.
             lo, hi = (plan.base_first - k) * plan.width, (plan.post_stop - k) * plan.width
+            if lo < first:
+                continue  # before the stream's first sample: no history, not zeros
             inside = sorted(
                 o.release.id
                 for o in st.releases.values()
@@ -600,6 +620,12 @@ class ImpactEngine:
                 continue
             if base.samples <= 0 and post.samples <= 0:
                 rows.append((spec, plan, _no_data(spec), None))
+                continue
+            first = self._first_seen(st, spec)
+            if spec.aggregation == "sum" and plan.base_first * plan.width < first:
+                # A sum reads a bucket without samples as 0: a baseline that starts before the
+                # stream's first sample would look like a drop, and the release like a rise.
+                rows.append((spec, plan, _history_missing(spec, first), None))
                 continue
             base_ref, post_ref, seasonal, label, note = self._references(
                 st, spec, plan, scope, horizon, (nb, np_), r

@@ -389,3 +389,58 @@ def test_expectations_are_judged_against_the_verdict_and_its_change(
     # Expecting latency to fall: a fall is good.
     fall = ExpectedBenefit("latency", "down", 0.1)
     assert judge_expectation(fall, KpiOutcome("latency", "improved", -0.12, False, 1)) == "met"
+
+
+def test_a_work_items_first_active_stage_stands_in_for_the_first_commit() -> None:
+    from stream_app.core.dora import DoraTracker
+    from stream_app.events.model import Release, WorkflowEvent
+
+    def work(t: float, stage: str, state: str) -> WorkflowEvent:
+        return WorkflowEvent(
+            id=f"w-{stage}",
+            time=t,
+            service="shop",
+            item_id="W1",
+            item_type="feature",
+            stage=stage,
+            action="entered",
+            state=state,
+        )  # type: ignore[arg-type]
+
+    d = DoraTracker()
+    d.on_workflow(work(1000.0, "backlog", "waiting"))  # waiting is not work started
+    d.on_workflow(work(5000.0, "dev", "active"))
+    d.on_release(
+        Release(
+            id="r1",
+            service="shop",
+            version="1",
+            time=5000.0 + 7200.0,
+            kind="deployed",
+            change_ids=("W1",),
+        )
+    )
+    rep = d.report(20000.0, 86400.0)["shop"]
+    assert rep.lead_time is not None and rep.lead_time.p50 == 7200.0
+
+    # A real change event is the first commit and replaces the stand-in.
+    d2 = DoraTracker()
+    d2.on_workflow(work(5000.0, "dev", "active"))
+    d2.on_workflow(
+        WorkflowEvent(
+            id="c",
+            time=4000.0,
+            service="shop",
+            item_id="W1",
+            item_type=None,
+            stage="dev",
+            action="created",
+            source_type="change",
+        )
+    )
+    d2.on_release(
+        Release(
+            id="r1", service="shop", version="1", time=12200.0, kind="deployed", change_ids=("W1",)
+        )
+    )
+    assert d2.report(20000.0, 86400.0)["shop"].lead_time.p50 == 8200.0  # type: ignore[union-attr]

@@ -171,7 +171,8 @@ def run_demo(
     from stream_app.broker import start_broker, stop_broker
     from stream_app.producer import Sender, ensure_topics
 
-    con = console or Console()
+    # Piped output is 80 columns by default, too narrow for the verdict table.
+    con = console or Console(width=None if sys.stdout.isatty() else 140)
     run_id = time.strftime("%Y%m%d-%H%M%S")
     workdir = (settings.data_dir / f"demo-{run_id}").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +222,7 @@ def run_demo(
         labels = {r.id: p.label for r, p in zip(simulate.releases(sc), sc.releases, strict=True)}
         collector = VerdictCollector(s)
         collector.start()
-        sender = Sender(s)
+        sender: Any = Sender(s, log_level=3)  # librdkafka: errors only, no start-up warnings
         topics = s.topic_names()
         sent = 0
         last_time = 0.0
@@ -238,8 +239,27 @@ def run_demo(
             t.add_row("final verdicts", str(len(collector.finals()) if collector else 0))
             return t
 
+        # Pause before the bad release's service ships again, so that the page for it can fire
+        # while it is still the service's current release.
+        bad = [p for p in sc.releases if p.label == "bad"]
+        pause_at = min(
+            (
+                p.time
+                for p in sc.releases
+                for b in bad
+                if p.service == b.service and p.time > b.time
+            ),
+            default=float("inf"),
+        )
+        fired: list[dict[str, Any]] = []
         with Live(progress(), console=con, refresh_per_second=4, transient=False) as live:
             for ev in simulate.generate(sc):
+                if ev.time >= pause_at:
+                    pause_at = float("inf")
+                    sender.flush(60)
+                    wait_consumed(metrics_url, sent, timeout, live, progress)
+                    if prom_url:
+                        fired = wait_for_page(prom_url, {b.service for b in bad}, live, progress)
                 role = codec.role_of(ev)
                 sender.send(topics[role], codec.encode(ev), codec.key_of(ev))
                 sent += 1
@@ -249,6 +269,7 @@ def run_demo(
                 if sent % 2000 == 0:
                     live.update(progress())
             sender.flush(60)
+            sender = None  # its client must not outlive the broker (it would log reconnects)
             live.update(progress())
             # 5. Wait for the verdicts the stream can close.
             deadline = time.monotonic() + timeout
@@ -265,7 +286,7 @@ def run_demo(
                     break
                 time.sleep(0.5)
         time.sleep(3 if prom_url else 0)  # let Prometheus scrape and evaluate once more
-        print_summary(con, collector.finals(), truth, labels, metrics_url, prom_url)
+        print_summary(con, collector.finals(), truth, labels, metrics_url, prom_url, fired)
         if keep_running:
             con.print("\n[bold]Running[/] until Ctrl-C ...")
             while worker.poll() is None:
@@ -323,6 +344,40 @@ def start_prometheus(
     return url
 
 
+def wait_consumed(metrics_url: str, n: int, timeout: float, live: Live, progress: Any) -> None:
+    """Wait until the worker has consumed (accepted or dead-lettered) n input messages."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        live.update(progress())
+        _, body = http_get(metrics_url + "/metrics")
+        text = body.decode(errors="replace")
+        done = sum(v for _, v in metric_samples(text, "valueloop_events_accepted_total")) + sum(
+            v for _, v in metric_samples(text, "valueloop_events_rejected_total")
+        )
+        if done >= n:
+            return
+        time.sleep(0.5)
+
+
+def wait_for_page(
+    prom_url: str, services: set[str], live: Live, progress: Any, timeout: float = 120.0
+) -> list[dict[str, Any]]:
+    """Wait (showing progress) until Prometheus fires the release-degraded page for `services`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        live.update(progress())
+        alerts = [
+            a
+            for a in firing_alerts(prom_url)
+            if a["labels"].get("alertname") == "ReleaseDegradedCriticalKPI"
+            and a["labels"].get("service") in services
+        ]
+        if alerts:
+            return alerts
+        time.sleep(1)
+    return []
+
+
 def firing_alerts(prom_url: str) -> list[dict[str, Any]]:
     """Alerts Prometheus reports as firing."""
     status, body = http_get(prom_url + "/api/v1/alerts")
@@ -343,6 +398,7 @@ def print_summary(
     labels: dict[str, str],
     metrics_url: str,
     prom_url: str | None,
+    fired: list[dict[str, Any]] | None = None,
 ) -> None:
     """The end-of-demo summary: verdicts per release, bottleneck, DORA, firing alerts, URLs."""
     colors = {
@@ -423,6 +479,15 @@ def print_summary(
         )
     if deploys:
         con.print(dora)
+    if fired:
+        con.print("[bold]Paged during the demo[/] (while the bad release was current):")
+        for a in fired:
+            lb = a["labels"]
+            con.print(
+                f"  [red]{lb.get('alertname')}[/] service={lb.get('service', '')} "
+                f"kpi={lb.get('kpi', '')} version={lb.get('version', '')}: "
+                f"{a.get('annotations', {}).get('summary', '')}"
+            )
     if prom_url:
         alerts = firing_alerts(prom_url)
         con.print(f"[bold]Firing alerts[/] ({len(alerts)}):")

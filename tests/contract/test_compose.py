@@ -76,3 +76,16 @@ def test_validates_against_the_compose_specification_schema() -> None:
     validator = jsonschema.Draft201909Validator(schema)
     errors = sorted(validator.iter_errors(_compose()), key=lambda e: list(e.path))
     assert not errors, "; ".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def test_the_stack_mounts_the_shipped_rules_dashboards_and_config() -> None:
+    services = _compose()["services"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+    assert "./deploy/alertmanager:/etc/alertmanager:ro" in services["alertmanager"]["volumes"]
+    vols = services["grafana"]["volumes"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in vols
+    assert "./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro" in vols
+    for mount in (*services["prometheus"]["volumes"], *services["alertmanager"]["volumes"], *vols):
+        assert (ROOT / mount.split(":")[0]).exists(), mount
+    assert services["simulator"]["profiles"] == ["sim"]

@@ -196,7 +196,7 @@ def run_demo(
         ensure_topics(s)
 
         # 2. Worker
-        port = s.metrics_port if port_free(s.metrics_port) else free_port()
+        port = s.metrics_port if s.metrics_port and port_free(s.metrics_port) else free_port()
         s = s.model_copy(update={"metrics_port": port})
         wenv = {
             **env,

@@ -11,19 +11,33 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None and not os.environ.get("CI"),
-                    reason="no prometheus")
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None and not os.environ.get("CI"), reason="no prometheus"
+)
 def test_demo_runs_and_ends_with_the_summary(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VALUELOOP_")}
     env["VALUELOOP_DATA_DIR"] = str(tmp_path / "data")
     env["VALUELOOP_METRICS_PORT"] = "0"  # any free port: CI may run beside another worker
-    out = subprocess.run([sys.executable, "-m", "stream_app", "demo", "--timeout", "600"],
-                         env=env, capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(
+        [sys.executable, "-m", "stream_app", "demo", "--timeout", "600"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
-    for expected in ("Release verdicts (final)", "degraded", "Bottleneck", "waiting-for-qa",
-                     "DORA", "Paged during the demo", "ReleaseDegradedCriticalKPI",
-                     "service=checkout", "Prometheus: http://127.0.0.1:"):
+    for expected in (
+        "Release verdicts (final)",
+        "degraded",
+        "Bottleneck",
+        "waiting-for-qa",
+        "DORA",
+        "Paged during the demo",
+        "ReleaseDegradedCriticalKPI",
+        "service=checkout",
+        "Prometheus: http://127.0.0.1:",
+    ):
         assert expected in text, f"{expected!r} missing from the demo summary:\n{text[-4000:]}"
     # It cleans up after itself: its data directory and processes are gone.
     assert not list((tmp_path / "data").glob("demo-*"))

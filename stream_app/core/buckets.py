@@ -38,6 +38,9 @@ CHUNK = 64
 _ZERO_CHUNK = array("d", [0.0]) * (2 * CHUNK)
 _LITTLE = sys.byteorder == "little"
 
+_isfinite = math.isfinite
+_SCOPE_NAME_CACHE = 4096  # (label, value) -> scope name entries kept for the hot path
+
 # Sketch: DDSketch-style log buckets. Every value in key k's bin is within RELATIVE_ACCURACY of the
 # bin's representative value, so any quantile read from the sketch is within ~1 % of the true one.
 RELATIVE_ACCURACY = 0.01
@@ -254,6 +257,7 @@ class ServiceBuckets:
         self.first_seen: dict[str, float] = {}
         self._series: dict[tuple[str, str], _Series] = {}
         self._label_values: dict[tuple[str, str], set[str]] = {}
+        self._scope_names: dict[tuple[str, str], str] = {}  # (label, value) -> scope_key(...)
 
     @property
     def watermark(self) -> float:
@@ -295,19 +299,27 @@ class ServiceBuckets:
             "accepted", or why not: "late", "unknown-stream", "invalid-value",
             "too-many-label-values".
         """
+        # The hot path of the worker (one call per sample): locals and inlined properties.
         layout = self.layouts.get(stream)
         if layout is None:
             return "unknown-stream"
-        if not (math.isfinite(time) and math.isfinite(value) and math.isfinite(count)) or count < 0:
+        if not (_isfinite(time) and _isfinite(value) and _isfinite(count)) or count < 0:
             return "invalid-value"
         if count == 0 and value != 0:
             return "invalid-value"  # a value with no observation behind it
         width = layout.bucket_seconds
         idx = math.floor(time / width)
-        if (idx + 1) * width <= self.watermark:
-            return "late"
+        newest = self.max_time
+        if newest is not None:  # inlined `watermark`
+            wm = newest - self.lateness
+            flushed = self.flushed_to
+            if flushed is not None and flushed > wm:
+                wm = flushed
+            if (idx + 1) * width <= wm:
+                return "late"
         scopes = [""]
         if labels and self.scope_labels:
+            names = self._scope_names
             for label in self.scope_labels:
                 v = labels.get(label)
                 if v is None:
@@ -315,7 +327,12 @@ class ServiceBuckets:
                 known = self._label_values.get((stream, label))
                 if known is not None and v not in known and len(known) >= self.max_label_values:
                     return "too-many-label-values"
-                scopes.append(scope_key(label, v))
+                name = names.get((label, v))
+                if name is None:
+                    if len(names) >= _SCOPE_NAME_CACHE:
+                        names.clear()  # label values churn: keep the cache bounded
+                    name = names[(label, v)] = scope_key(label, v)
+                scopes.append(name)
         ci, off = divmod(idx, CHUNK)
         key = sketch_key(value / count) if layout.sketch and count > 0 else None
         for scope in scopes:
@@ -332,7 +349,7 @@ class ServiceBuckets:
                 if bins is None:
                     bins = series.open[idx] = {}
                 bins[key] = bins.get(key, 0.0) + count
-        if self.max_time is None or time > self.max_time:
+        if newest is None or time > newest:
             self.max_time = time
         first = self.first_seen.get(stream)
         if first is None or time < first:

@@ -39,7 +39,8 @@ data (a Monday-morning rise is only explained by last Monday), else every earlie
 retained week whose windows hold data, pooled bucket by bucket (more days, less reference noise).
 A candidate whose windows contain another release of the service is skipped: its step would be
 read, with the opposite sign, as this release's effect (with a release every few hours that
-happened to most day-ago references). The rest of the traffic comes after the scope's own history
+happened to most day-ago references). So is one reaching back before the stream's first sample:
+missing history is not zero traffic. The rest of the traffic comes after the scope's own history
 because it need not share the shape of the day: another region's morning ramp comes hours apart.
 """
 
@@ -73,9 +74,9 @@ RELEASE_OUTCOMES: tuple[ReleaseOutcome, ...] = ("accepted", "duplicate", "out-of
 # A seasonal or control reference is used only when it holds at least this share of the non-empty
 # buckets the judged windows hold: a half-empty reference adds more noise than it removes.
 REFERENCE_COVERAGE = 0.8
-# Seasonal reference candidates in order of preference: (label, lag in days). "auto" tries the
-# week-ago windows first, then the nearest earlier day whose windows are free of releases (a
-# retained week of history holds six of them); "daily" keeps one day of history, so only day-ago.
+# Seasonal reference candidates: (label, lag in days). "auto" takes the week-ago windows when they
+# are usable, else pools every usable earlier day of the retained week (six at most); "daily"
+# keeps one day of history, so only the day-ago windows.
 _SEASONS: dict[str, tuple[tuple[str, int], ...]] = {
     "auto": (("weekly", 7), *(("daily", d) for d in range(1, 7))),
     "weekly": (("weekly", 7),),

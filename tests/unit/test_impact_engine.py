@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator, Sequence
 
@@ -372,6 +373,70 @@ def test_weekly_then_daily_history_serves_as_seasonal_reference() -> None:
     assert seasonal(7, 1) == "weekly"
     assert seasonal(1) == "daily"
     assert seasonal() is None
+
+
+SEASONAL = parse_catalog(
+    '[defaults]\nbaseline = "30m"\npost = "30m"\nmin_buckets = 5\nmin_samples = 10\n'
+    '[[kpi]]\nname = "orders"\naggregation = "sum"\nseasonality = "auto"\n'
+)
+T_SEASONAL = T0 + 8 * 86400 + 12 * HOUR
+
+
+def orders_around(t: float, *days_back: int, lead: float = HOUR) -> Iterator[KpiSample]:
+    """5 orders a minute from `lead` before to an hour after t, the same days back, and today."""
+    for d in (*days_back, 0):
+        start = t - d * 86400 - lead
+        for m in range(round((lead + HOUR) / 60)):
+            yield KpiSample("shop", "orders", start + 60 * m, 5.0)
+
+
+def final_of(events: list[KpiSample | Release], rid: str = "r") -> VerdictRecord:
+    eng = engine(SEASONAL, interim=0)
+    return finals(run(eng, events) + eng.close_input())[(rid, "orders")]
+
+
+def test_a_reference_holding_another_release_is_skipped_and_clean_days_are_pooled() -> None:
+    t = T_SEASONAL
+    # A release 10 minutes into yesterday's post window: its step would read as this release's.
+    yesterday = release("y", t - 86400 + 600)
+    rec = final_of(with_release(orders_around(t, 1, 2, 3), release("r", t), yesterday))
+    assert rec.seasonal_reference == "daily"
+    assert rec.judgement.method == "stub(daily, 2 days pooled: 2, 3)"
+    rec = final_of(with_release(orders_around(t, 1, 3), release("r", t), yesterday))
+    assert rec.judgement.method == "stub(daily, 3 days back)"
+    # Nothing clean left: judged without a reference, and the reason says why.
+    rec = final_of(with_release(orders_around(t, 1), release("r", t), yesterday))
+    assert rec.seasonal_reference is None
+    assert "skipped: 1d ago (y)" in rec.judgement.reason
+
+
+def test_a_reference_older_than_the_first_sample_is_not_read_as_zeros() -> None:
+    t = T_SEASONAL
+    # History starts 3 minutes into yesterday's baseline window (enough buckets to pass as a
+    # reference): those 3 minutes would read as 0 orders.
+    events = with_release(
+        [s for s in orders_around(t, 1) if s.time >= t - 86400 - 1620], release("r", t)
+    )
+    assert final_of(events).seasonal_reference is None
+
+
+def test_a_sum_whose_baseline_starts_before_its_first_sample_is_inconclusive() -> None:
+    t = T0 + 2 * HOUR
+    # Traffic starts 10 minutes before the release: a 30-minute baseline would be 2/3 zeros.
+    got = finals(run(engine(real=True), with_release(traffic(t - 600, t + HOUR), release("r", t))))
+    orders = got[("r", "orders")].judgement
+    assert (orders.verdict, orders.reason_code) == ("inconclusive", "history-missing")
+    assert got[("r", "conversion")].judgement.reason_code != "history-missing"  # a ratio can
+
+
+def test_a_scoped_release_prefers_its_own_history_to_another_regions_traffic() -> None:
+    t = T_SEASONAL
+    eu = [dataclasses.replace(s, labels={"region": "eu"}) for s in orders_around(t, 1)]
+    us = [dataclasses.replace(s, labels={"region": "us"}) for s in orders_around(t, 1)]
+    scoped = release("r", t, scope={"region": "eu"})
+    rec = final_of(with_release(iter([*eu, *us]), scoped))
+    assert rec.seasonal_reference == "daily"  # another region's day has another shape
+    assert rec.extra["scope"] == "region=eu"
 
 
 def test_a_scoped_release_uses_the_rest_of_the_traffic_as_control() -> None:

@@ -443,6 +443,29 @@ def test_conversion_targets_hold_where_the_noise_is_about_half_of_min_change() -
     assert drop["neutral"] + drop["improved"] <= 0.02 * n
 
 
+def test_a_change_clear_of_the_margin_on_too_noisy_data_is_not_called() -> None:
+    # Noisy buckets (sd 27 % of the mean): the 95 % CI of +12 % clears +-1 %, but the 98 % one
+    # still holds 0, so calling it would make false calls approach alpha on thin data.
+    base = [73.0, 127.0] * 30
+    j = judge_kpi(ORDERS, window(base), window([x * 1.12 for x in base]))
+    assert (j.verdict, j.reason_code) == ("inconclusive", "wide-ci")
+    assert "98% interval" in j.reason and "too noisy" in j.reason
+    assert judge_kpi(ORDERS, window(base), window([x * 1.13 for x in base])).verdict == "improved"
+
+
+def test_false_calls_on_thin_data_stay_near_the_2_percent_cap_not_alpha() -> None:
+    # ~5 orders a minute: the se of the change is ~4x min_change, where the min_change/2 margin
+    # alone would call ~3.3 % of unchanged releases (alpha 5 % is the limit as data thins).
+    rng = np.random.default_rng(30)
+    n = 2500
+    calls = sum(
+        judge_kpi(ORDERS, window(rng.poisson(5, 60)), window(rng.poisson(5, 60))).verdict
+        in ("degraded", "improved")
+        for _ in range(n)
+    )
+    assert calls <= 0.025 * n
+
+
 # --- contract on arbitrary input -----------------------------------------------------------------
 
 _values = st.one_of(

@@ -8,6 +8,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     disable_created_metrics,
     generate_latest,
 )
@@ -16,6 +17,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from stream_app.core.types import VerdictRecord
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+# Work waits hours to weeks: 5 minutes to 90 days, roughly doubling.
+DURATION_BUCKETS: tuple[float, ...] = tuple(
+    m * 60.0 for m in (5, 15, 30, 60, 120, 240, 480, 720, 1440, 2880, 4320, 7200, 10080, 20160)
+) + tuple(d * 86400.0 for d in (30, 60, 90))
 
 # The *_created series double the exposition for no dashboard or alert use.
 disable_created_metrics()
@@ -200,6 +206,63 @@ class Metrics:
             ["service", "percentile"],
             registry=r,
         )
+        # Histograms, observed once per finished item / stage visit / first-deployed change.
+        self.item_flow_time = Histogram(
+            "valueloop_item_flow_time_seconds",
+            "Flow time of each finished work item (first flow stage to production).",
+            ["value_stream", "item_type"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.item_stage_active = Histogram(
+            "valueloop_item_stage_active_seconds",
+            "Active time of each finished item in each stage it visited.",
+            ["value_stream", "stage"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.item_stage_wait = Histogram(
+            "valueloop_item_stage_wait_seconds",
+            "Waiting time of each finished item in each stage it visited.",
+            ["value_stream", "stage"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.change_lead_time = Histogram(
+            "valueloop_change_lead_time_seconds",
+            "Lead time of each change (first commit to its first production deployment).",
+            ["service"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self._histograms: dict[str, Histogram] = {
+            h._name: h
+            for h in (
+                self.item_flow_time,
+                self.item_stage_active,
+                self.item_stage_wait,
+                self.change_lead_time,
+            )
+        }
+        # Value ledger, per service and bet outcome (met, ..., "undeclared").
+        self.ledger_releases = Gauge(
+            "valueloop_ledger_releases",
+            "Releases of the period with final verdicts or declared benefits, by bet outcome.",
+            ["service", "outcome"],
+            registry=r,
+        )
+        self.ledger_cost = Gauge(
+            "valueloop_ledger_cost_seconds",
+            "Active engineering time of those releases' work items, by bet outcome.",
+            ["service", "outcome"],
+            registry=r,
+        )
+        self.ledger_published = Counter(
+            "valueloop_ledger_entries_total",
+            "Value-ledger entries published to the ledger topic, by kind (release, item).",
+            ["kind"],
+            registry=r,
+        )
         # Worker health.
         self.consumer_lag = Gauge(
             "valueloop_consumer_lag_messages",
@@ -220,6 +283,8 @@ class Metrics:
             self.lead_time,
             self.change_failure,
             self.recovery_time,
+            self.ledger_releases,
+            self.ledger_cost,
         ):
             self._by_name[m._name] = m
         for c in (self.flow_finished, self.deployments, self.deployment_failures):
@@ -245,8 +310,10 @@ class Metrics:
             key = tuple(labels[n] for n in metric._labelnames)
             if isinstance(metric, Counter):
                 prev = self._exported.get((name, key), 0.0)
+                # Created at zero too: a series present at 0 lets rate() see its first increase.
+                child = metric.labels(*key)
                 if value > prev:
-                    metric.labels(*key).inc(value - prev)
+                    child.inc(value - prev)
                     self._exported[(name, key)] = value
             else:
                 metric.labels(*key).set(value)
@@ -257,6 +324,13 @@ class Metrics:
                 with contextlib.suppress(KeyError):
                     self._by_name[name].remove(*key)
             self._gauge_keys[name] = current
+
+    def observe_samples(self, observations: list[tuple[str, dict[str, str], float]]) -> None:
+        """Observe histogram values from the core (``Pipeline.drain_observations``)."""
+        for name, labels, value in observations:
+            h = self._histograms.get(name)
+            if h is not None:
+                h.labels(*(labels[n] for n in h._labelnames)).observe(value)
 
     def accepted(self, role: str, n: int = 1) -> None:
         """Count accepted input messages."""

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import IO
 
 from stream_app.codec import Decoded, Rejected, decode_any
+from stream_app.core.ledger import LedgerEntry
 from stream_app.core.types import VerdictRecord
 from stream_app.events.model import Release
-from stream_app.pipeline import MetricSample, Pipeline
+from stream_app.pipeline import MetricSample, Pipeline, Report, report_samples
 
 
 @dataclass
@@ -25,6 +26,9 @@ class ReplayOutcome:
     outcomes: Counter[str] = field(default_factory=Counter)
     pending: list[Release] = field(default_factory=list)
     report: list[MetricSample] = field(default_factory=list)
+    reports: Report | None = None  # flow, DORA and ledger as of the last event time
+    ledger: list[LedgerEntry] = field(default_factory=list)  # entries as the worker publishes them
+    observations: list[MetricSample] = field(default_factory=list)  # histogram observations
 
 
 def open_lines(path: Path) -> IO[bytes]:
@@ -62,10 +66,12 @@ def replay(events: Iterable[Decoded], pipeline: Pipeline, out: ReplayOutcome) ->
         step = pipeline.handle(ev)
         out.outcomes[step.outcome] += 1
         out.verdicts.extend(step.records)
-    closing = pipeline.engine.close_input()
-    for rec in closing:
-        pipeline.dora.on_verdict(rec)
-    out.verdicts.extend(closing)
+        out.ledger.extend(step.ledger)
+    closing = pipeline.close_input()
+    out.verdicts.extend(closing.records)
+    out.ledger.extend(closing.ledger)
     out.pending = pipeline.engine.pending_releases()
-    out.report = pipeline.report_samples()
+    out.reports = pipeline.report()
+    out.observations = pipeline.drain_observations()
+    out.report = report_samples(out.reports) if out.reports is not None else []
     return out

@@ -1,4 +1,4 @@
-"""`valueloop replay`: progress bar, summary tables and the verdict file."""
+"""`valueloop replay`: progress bar, verdict, value-stream-map and DORA tables, the verdict file."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from rich.table import Table
 
 from stream_app.codec import encode_verdict
 from stream_app.core.catalog import load_catalog
+from stream_app.core.dora import DoraReport
+from stream_app.core.flow import Distribution, FlowReport
+from stream_app.core.ledger import LedgerEntry, load_features
 from stream_app.core.valuestream import load_valuestream
 from stream_app.pipeline import Pipeline
 from stream_app.replay import ReplayOutcome, read_events, replay
@@ -33,6 +36,7 @@ def run_replay(
         load_catalog(settings.kpis_file),
         load_valuestream(settings.valuestream_file),
         report_period_seconds=settings.report_period_days * 86400.0,
+        features=load_features(settings.features_file),
     )
     result = ReplayOutcome()
     total = sum(p.stat().st_size for p in files)
@@ -53,6 +57,10 @@ def run_replay(
             for rec in result.verdicts:
                 fh.write(encode_verdict(rec) + b"\n")
     print_replay_summary(con, result)
+    if result.reports is not None:
+        print_value_stream_maps(con, result.reports.flow)
+        print_dora(con, result.reports.dora)
+    print_ledger(con, result.ledger)
     return result
 
 
@@ -93,3 +101,130 @@ def print_replay_summary(con: Console, result: ReplayOutcome) -> None:
             f"{len(result.pending)} release(s) pending (post window beyond the data): "
             + ", ".join(f"{r.service} {r.version}" for r in result.pending[:10])
         )
+
+
+def _hours(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 3600:.1f} h"
+
+
+def _pcts(d: Distribution | None) -> str:
+    return "-" if d is None else f"{_hours(d.p50)} / {_hours(d.p85)}"
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def print_value_stream_maps(con: Console, flow: dict[str, FlowReport]) -> None:
+    """One table per value stream: stages in order, active/wait p50/p85, WIP, the bottleneck."""
+    for vs, r in sorted(flow.items()):
+        t = Table(title=f"Value stream {vs}: {r.finished} item(s) finished in the period")
+        for col in ("stage", "kind", "items", "active p50 / p85", "wait p50 / p85"):
+            t.add_column(col)
+        for col in ("wait share", "WIP", ""):
+            t.add_column(col, justify="right")
+        for sr in r.stages:
+            neck = r.bottleneck is not None and r.bottleneck.stage == sr.stage
+            t.add_row(
+                sr.stage if sr.in_flow else f"[dim]{sr.stage} (before flow)[/]",
+                sr.kind,
+                str(sr.items),
+                _pcts(sr.active),
+                _pcts(sr.wait),
+                _ratio(sr.wait_share),
+                str(sr.load),
+                "[red]<< bottleneck[/]" if neck else "",
+            )
+        con.print(t)
+        shares = ", ".join(f"{k} {_ratio(v)}" for k, v in sorted(r.distribution.items()) if v)
+        con.print(
+            f"flow time p50 / p85 {_pcts(r.flow_time)}; flow efficiency {_ratio(r.efficiency)}"
+            f" (active {_hours(r.active_seconds)} of {_hours(r.flow_seconds)});"
+            f" velocity {r.velocity_per_day:.2f} item(s)/day; WIP {r.open_items}"
+            + (f"; distribution {shares}" if shares else "")
+        )
+        if r.bottleneck is not None:
+            b = r.bottleneck
+            con.print(
+                f"bottleneck: {b.stage} holds {_ratio(b.wait_share)} of the waiting time;"
+                f" items wait there {_hours(b.wait.p50)} (p50), {_hours(b.wait.p85)} (p85)"
+            )
+
+
+def print_dora(con: Console, dora: dict[str, DoraReport]) -> None:
+    """The four DORA keys per service, with failures by cause."""
+    if not dora:
+        return
+    t = Table(title="DORA per service (over the report period)")
+    for col in (
+        "service",
+        "deployments",
+        "per day",
+        "lead time p50 / p85",
+        "change failure rate",
+        "failures by cause",
+        "recovery p50 / p85",
+        "unrecovered",
+    ):
+        t.add_column(col)
+    for service, r in sorted(dora.items()):
+        causes = ", ".join(f"{c} {n}" for c, n in sorted(r.failures_by_cause.items()) if n)
+        t.add_row(
+            service,
+            str(r.deployments),
+            f"{r.deployment_frequency_per_day:.2f}",
+            _pcts(r.lead_time),
+            _ratio(r.change_failure_rate),
+            causes or "-",
+            _pcts(r.recovery_time),
+            str(r.unrecovered),
+        )
+    con.print(t)
+
+
+OUTCOME_COLORS = {
+    "met": "green",
+    "partly-met": "yellow",
+    "not-met": "white",
+    "went-the-other-way": "red",
+    "inconclusive": "magenta",
+    "pending": "dim",
+}
+
+
+def print_ledger(con: Console, entries: list[LedgerEntry]) -> None:
+    """The value ledger: per release (and declared feature item) its cost and delivered value."""
+    latest: dict[tuple[str | None, str | None], LedgerEntry] = {}
+    for e in entries:
+        latest[(e.release_id, e.item_id)] = e  # a later entry supersedes an earlier one
+    if not latest:
+        return
+    t = Table(title=f"Value ledger ({len(latest)})")
+    for col in ("service", "release / item", "items", "active work", "flow time"):
+        t.add_column(col)
+    for col in ("KPIs moved (final verdicts)", "expected", "outcome"):
+        t.add_column(col)
+    for e in sorted(latest.values(), key=lambda x: (x.time or 0.0, x.service, x.item_id or "")):
+        moves = ", ".join(
+            f"{k.kpi} {100 * k.change:+.1f}% ({k.verdict})"
+            if k.change is not None
+            else f"{k.kpi} ({k.verdict})"
+            for k in e.kpis
+            if k.verdict in ("improved", "degraded")
+        )
+        expected = ", ".join(
+            f"{x.kpi} {'+' if x.direction == 'up' else '-'}{100 * x.change:.1f}%"
+            for x, _ in e.expectations
+        )
+        outcome = e.outcome or "-"
+        t.add_row(
+            e.service,
+            e.version if e.item_id is None else f"item {e.item_id} ({e.version or 'not shipped'})",
+            str(e.cost.items),
+            _hours(e.cost.active_seconds),
+            _hours(e.cost.flow_seconds),
+            moves or "no move",
+            expected or "-",
+            f"[{OUTCOME_COLORS.get(outcome, 'white')}]{outcome}[/]",
+        )
+    con.print(t)

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from stream_app.events.deployments import DeploymentCDEvent, FlagChangeEvent
 from stream_app.events.impact import ImpactEvent
 from stream_app.events.incidents import IncidentCDEvent
+from stream_app.events.ledger import LedgerEvent
 from stream_app.events.telemetry import TelemetrySample
 from stream_app.events.workflow import WorkflowCDEvent, WorkItemEvent
 
@@ -23,6 +24,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "workflow-cdevent": WorkflowCDEvent,
     "incident-cdevent": IncidentCDEvent,
     "impact-verdict": ImpactEvent,
+    "ledger-entry": LedgerEvent,
 }
 SUFFIX = ".schema.json"
 

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     topic_deadletter: str = Field(
         default="vsm.deadletter", description="Output: rejected messages."
     )
+    topic_ledger: str = Field(
+        default="vsm.ledger", description="Output: value-ledger entries (cost and delivered value)."
+    )
     topic_partitions: int = Field(
         default=4, ge=1, description="Partitions of the input and output topics."
     )
@@ -78,6 +81,10 @@ class Settings(BaseSettings):
     valuestream_file: Path | None = Field(
         default=None, description="Value-stream definition (TOML). Unset: the bundled default."
     )
+    features_file: Path | None = Field(
+        default=None,
+        description="Features file (TOML): the KPI move a release, flag or work item should bring.",
+    )
     report_period_days: float = Field(
         default=7.0, gt=0, description="Period of flow and DORA reports (event time, days)."
     )
@@ -97,6 +104,7 @@ class Settings(BaseSettings):
             "incidents": self.topic_incidents,
             "impact": self.topic_impact,
             "deadletter": self.topic_deadletter,
+            "ledger": self.topic_ledger,
         }
 
     def kafka_client_config(self) -> dict[str, str | int | float | bool]:

@@ -14,6 +14,7 @@ from stream_app.agents.state import ServiceStateTable
 from stream_app.app import build_app
 from stream_app.codec import Decoded
 from stream_app.core.catalog import load_catalog
+from stream_app.core.ledger import load_features
 from stream_app.core.valuestream import load_valuestream
 from stream_app.metrics import CONTENT_TYPE_LATEST, Metrics
 from stream_app.pipeline import Pipeline, Step
@@ -32,6 +33,7 @@ def build_worker_app(
         load_catalog(settings.kpis_file),
         load_valuestream(settings.valuestream_file),
         report_period_seconds=settings.report_period_days * 86400.0,
+        features=load_features(settings.features_file),
     )
     state = ServiceStateTable(
         app, settings, pipeline, on_restore=lambda _service: metrics.state_restored.inc()
@@ -52,6 +54,7 @@ def build_worker_app(
             wm = pipeline.engine.watermark(service)
             if wm > float("-inf"):
                 metrics.watermark.labels(service).set(wm)
+        metrics.observe_samples(pipeline.drain_observations())
         metrics.apply_samples(pipeline.report_samples())
 
     @app.page("/metrics")  # type: ignore[arg-type]  # an aiohttp Response is what faust serves

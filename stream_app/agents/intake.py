@@ -8,6 +8,7 @@ from typing import Any
 import faust
 
 from stream_app.codec import Decoded, Rejected, Role, decode, encode_verdict
+from stream_app.events.ledger import encode_ledger
 from stream_app.metrics import Metrics
 from stream_app.pipeline import Step
 from stream_app.settings import Settings
@@ -51,6 +52,7 @@ def register_intake(app: faust.App, settings: Settings, metrics: Metrics, handle
     """Register the input agents: decode -> core (`handle`) -> emit verdicts / dead letters."""
     deadletter = app.topic(settings.topic_deadletter, partitions=settings.topic_partitions)
     impact = app.topic(settings.topic_impact, partitions=settings.topic_partitions)
+    ledger = app.topic(settings.topic_ledger, partitions=settings.topic_partitions)
     names = settings.topic_names()
     role_of_topic: dict[str, Role] = {names[r]: r for _, roles in AGENT_ROLES for r in roles}
 
@@ -73,6 +75,10 @@ def register_intake(app: faust.App, settings: Settings, metrics: Metrics, handle
                     for rec in step.records:
                         await impact.send(key=rec.service.encode(), value=encode_verdict(rec))
                         metrics.observe_verdict(rec)
+                    for entry in step.ledger:
+                        await ledger.send(key=entry.service.encode(), value=encode_ledger(entry))
+                        kind = "release" if entry.item_id is None else "item"
+                        metrics.ledger_published.labels(kind).inc()
                     continue
                 reason, detail = step.outcome, f"the core refused the {role} event: {step.outcome}"
             await deadletter.send(

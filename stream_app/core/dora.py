@@ -409,6 +409,26 @@ class DoraTracker:
             )
         return out
 
+    def change_lead_times(self, now: float) -> list[tuple[str, str, str, float]]:
+        """Every retained change first deployed to production at or before ``now``.
+
+        Args:
+            now: the event time to look from.
+
+        Returns:
+            (service, change, deployment id, lead time in seconds), in deployment time order.
+        """
+        out: list[tuple[float, str, str, str, float]] = []
+        for service in sorted(self._by_service):
+            firsts = self._change_first.get(service, {})
+            for change, rid in self._first_deploys(service, now).items():
+                t = self._releases[rid].time
+                first = firsts.get(change)
+                if first is not None and t >= first:
+                    out.append((t, service, change, rid, t - first))
+        out.sort()
+        return [(service, change, rid, lead) for _, service, change, rid, lead in out]
+
     # ---- state
 
     def snapshot_state(self) -> bytes:

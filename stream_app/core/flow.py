@@ -155,6 +155,19 @@ class WorkCost:
     flow_seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class ItemTimes:
+    """Where one finished item spent its time: per stage active and waiting seconds, flow time."""
+
+    value_stream: str
+    item_id: str
+    item_type: str
+    finished_at: float
+    flow_seconds: float | None  # None when the item never entered a flow stage
+    active: dict[str, float]  # stage -> active seconds, for every stage it visited
+    wait: dict[str, float]  # stage -> waiting seconds, for every stage it visited
+
+
 @dataclass(slots=True)
 class _Mark:
     time: float
@@ -356,6 +369,35 @@ class FlowTracker:
         """The id of the release that took an item to production, if any."""
         it = self._items.get(value_stream, {}).get(item_id)
         return None if it is None else it.finished_by
+
+    def finished_items(self, now: float) -> list[ItemTimes]:
+        """The times of every retained item finished at or before ``now``, by finish time.
+
+        Args:
+            now: the event time to look from.
+
+        Returns:
+            One entry per finished item (the edge observes each once in its histograms).
+        """
+        out: list[ItemTimes] = []
+        for stream in sorted(self._items):
+            for it in self._items[stream].values():
+                if it.finished_at is None or it.finished_at > now:
+                    continue
+                s = self._summary(it)
+                out.append(
+                    ItemTimes(
+                        value_stream=stream,
+                        item_id=it.item_id,
+                        item_type=it.item_type or self.defn.default_item_type,
+                        finished_at=it.finished_at,
+                        flow_seconds=None if s.flow_start is None else s.end - s.flow_start,
+                        active={k: s.active.get(k, 0.0) for k in s.visited},
+                        wait={k: s.wait.get(k, 0.0) for k in s.visited},
+                    )
+                )
+        out.sort(key=lambda x: (x.finished_at, x.value_stream, x.item_id))
+        return out
 
     # ---- state
 

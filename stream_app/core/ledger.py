@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, cast
 
 from stream_app.core.dora import DoraTracker, KpiOutcome
 from stream_app.core.flow import FlowTracker, WorkCost
+from stream_app.errors import ConfigError
 
 BetOutcome = Literal[
     "met", "partly-met", "not-met", "went-the-other-way", "inconclusive", "pending"
 ]
+BET_OUTCOMES: tuple[str, ...] = (
+    "met",
+    "partly-met",
+    "not-met",
+    "went-the-other-way",
+    "inconclusive",
+    "pending",
+)
+# The metric label of a ledger entry that declared no expected benefit.
+UNDECLARED = "undeclared"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,3 +191,206 @@ def _entry(
         degraded=any(k.verdict == "degraded" for k in kpis),
         summary=text,
     )
+
+
+# ---- declared benefits: the features file
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureBet:
+    """One feature of the features file: what it is expected to do, and which releases carry it.
+
+    A release carries the feature when it is of ``service`` (if given) and its version is
+    ``version``, or its flag is ``flag``, or it ships work item / change ``item``.
+    """
+
+    name: str
+    expected: tuple[ExpectedBenefit, ...]
+    service: str | None = None
+    version: str | None = None
+    flag: str | None = None
+    item: str | None = None
+
+    def carried_by(
+        self, service: str, version: str, flag_key: str | None, shipped: tuple[str, ...]
+    ) -> bool:
+        """Whether a release (of ``service``, ``version``, shipping ``shipped``) carries it."""
+        if self.service is not None and self.service != service:
+            return False
+        return (
+            (self.version is not None and self.version == version)
+            or (self.flag is not None and self.flag == flag_key)
+            or (self.item is not None and self.item in shipped)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """The parsed features file (empty when none is configured)."""
+
+    bets: tuple[FeatureBet, ...] = ()
+    source: str = "<none>"
+
+    def expected_for(
+        self, service: str, version: str, flag_key: str | None, shipped: tuple[str, ...]
+    ) -> tuple[ExpectedBenefit, ...]:
+        """The benefits expected of a release: those of every feature it carries, once each."""
+        out: dict[ExpectedBenefit, None] = {}
+        for bet in self.bets:
+            if bet.carried_by(service, version, flag_key, shipped):
+                out.update(dict.fromkeys(bet.expected))
+        return tuple(out)
+
+    def item_bets(self, shipped: tuple[str, ...]) -> tuple[FeatureBet, ...]:
+        """The features declared on a work item that is among ``shipped``."""
+        return tuple(b for b in self.bets if b.item is not None and b.item in shipped)
+
+
+def parse_features(text: str, source: str = "<string>") -> Features:
+    """Parse a features file: ``[[feature]]`` tables declaring expected KPI moves.
+
+    Each feature has a ``name``, optionally a ``service``, at least one of ``version``, ``flag``
+    and ``item`` (which releases carry it), and either ``kpi``/``direction``/``change`` or a list
+    of ``[[feature.expect]]`` tables with those keys. ``direction`` is "up" or "down"; ``change``
+    is the expected relative size, a number (0.03) or a percentage string ("3%").
+
+    Args:
+        text: the TOML document.
+        source: where it came from, named in error messages.
+
+    Returns:
+        The features.
+
+    Raises:
+        ConfigError: the text is not TOML or a feature is incomplete or misspelt.
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from e
+    unknown = sorted(set(doc) - {"feature"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key(s) {unknown}; expected [[feature]]")
+    raw = doc.get("feature", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: feature: expected [[feature]] tables")
+    return Features(tuple(_feature(source, i, t) for i, t in enumerate(raw)), source)
+
+
+def load_features(path: Path | str | None) -> Features:
+    """Load a features file, or no features when ``path`` is None.
+
+    Raises:
+        ConfigError: the file cannot be read or is invalid.
+    """
+    if path is None:
+        return Features()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read features file: {e}") from e
+    return parse_features(text, str(p))
+
+
+_FEATURE_KEYS = {"name", "service", "version", "flag", "item", "kpi", "direction", "change"}
+_EXPECT_KEYS = {"kpi", "direction", "change"}
+
+
+def _feature(source: str, i: int, t: Any) -> FeatureBet:
+    where = f"{source}: [[feature]] #{i + 1}"
+    if not isinstance(t, dict):
+        raise ConfigError(f"{where}: expected a table")
+    unknown = sorted(set(t) - _FEATURE_KEYS - {"expect"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_FEATURE_KEYS)}")
+    name = _text(where, "name", t.get("name"))
+    where = f"{source}: feature {name!r}"
+    opt = {
+        k: _text(where, k, t[k]) if k in t else None for k in ("service", "version", "flag", "item")
+    }
+    if opt["version"] is None and opt["flag"] is None and opt["item"] is None:
+        raise ConfigError(f"{where}: says which releases carry it with version, flag or item")
+    expects: list[dict[str, Any]] = []
+    if set(t) & _EXPECT_KEYS:
+        expects.append({k: t[k] for k in _EXPECT_KEYS if k in t})
+    more = t.get("expect", [])
+    if not isinstance(more, list) or not all(isinstance(x, dict) for x in more):
+        raise ConfigError(f"{where}: expect: expected [[feature.expect]] tables")
+    expects.extend(more)
+    if not expects:
+        raise ConfigError(f"{where}: declares no expected benefit (kpi, direction, change)")
+    return FeatureBet(
+        name=name,
+        expected=tuple(_expect(where, e) for e in expects),
+        service=opt["service"],
+        version=opt["version"],
+        flag=opt["flag"],
+        item=opt["item"],
+    )
+
+
+def _expect(where: str, e: dict[str, Any]) -> ExpectedBenefit:
+    unknown = sorted(set(e) - _EXPECT_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_EXPECT_KEYS)}")
+    kpi = _text(where, "kpi", e.get("kpi"))
+    direction = _text(where, "direction", e.get("direction"))
+    if direction not in ("up", "down"):
+        raise ConfigError(f"{where}: direction {direction!r} is not up or down")
+    change = _change(where, e.get("change"))
+    return ExpectedBenefit(kpi, cast(Literal["up", "down"], direction), change)
+
+
+def _text(where: str, key: str, v: Any) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ConfigError(f"{where}: {key}: expected a non-empty string, got {v!r}")
+    return v.strip()
+
+
+def _change(where: str, v: Any) -> float:
+    if isinstance(v, str) and v.strip().endswith("%"):
+        try:
+            x = float(v.strip()[:-1]) / 100.0
+        except ValueError:
+            raise ConfigError(f"{where}: change: {v!r} is not a percentage") from None
+    elif isinstance(v, int | float) and not isinstance(v, bool):
+        x = float(v)
+    else:
+        raise ConfigError(f"{where}: change: expected a number (0.03) or a percentage, got {v!r}")
+    # The direction says which way; the size is positive so "down 5 %" is not written twice.
+    if not x > 0:
+        raise ConfigError(f"{where}: change: expected a positive size, got {v!r}")
+    return x
+
+
+def ledger_metric_samples(
+    entries: tuple[LedgerEntry, ...],
+) -> list[tuple[str, dict[str, str], float]]:
+    """The Prometheus samples of release ledger entries, as (metric name, labels, value).
+
+    Per service and bet outcome ("undeclared" when no benefit was declared): how many releases,
+    and how much active engineering time they cost. Every outcome of a service gets a value, so
+    a release moving from pending to met moves the series instead of leaving a stale one.
+
+    Args:
+        entries: release entries (item entries are left out: their work is in their release's).
+
+    Returns:
+        The samples, in a stable order.
+    """
+    count: dict[tuple[str, str], float] = {}
+    cost: dict[tuple[str, str], float] = {}
+    for e in entries:
+        if e.item_id is not None:
+            continue
+        key = (e.service, e.outcome or UNDECLARED)
+        count[key] = count.get(key, 0.0) + 1.0
+        cost[key] = cost.get(key, 0.0) + e.cost.active_seconds
+    out: list[tuple[str, dict[str, str], float]] = []
+    for service in sorted({s for s, _ in count}):
+        for outcome in (*BET_OUTCOMES, UNDECLARED):
+            labels = {"service": service, "outcome": outcome}
+            out.append(("valueloop_ledger_releases", labels, count.get((service, outcome), 0.0)))
+            out.append(("valueloop_ledger_cost_seconds", labels, cost.get((service, outcome), 0.0)))
+    return out

@@ -31,12 +31,16 @@ def test_emit_is_accepted_and_bad_messages_are_dead_lettered(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    env = {**topic_env(prefix), "VALUELOOP_APP_ID": f"{prefix}-app"}
+    env = {
+        **topic_env(prefix),
+        "VALUELOOP_TOPIC_LEDGER": f"{prefix}.ledger",
+        "VALUELOOP_APP_ID": f"{prefix}-app",
+    }
     ensured = _cli(kafka_bootstrap, env, "topics", "ensure")
     assert ensured.returncode == 0, ensured.stderr
-    assert ensured.stdout.count("created") == 6
+    assert ensured.stdout.count("created") == 7  # four inputs; impact, dead-letter, ledger
     again = _cli(kafka_bootstrap, env, "topics", "ensure")
-    assert again.returncode == 0 and again.stdout.count("exists") == 6
+    assert again.returncode == 0 and again.stdout.count("exists") == 7
 
     worker = start_worker(kafka_bootstrap, env, tmp_path)
     try:

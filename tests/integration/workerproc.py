@@ -25,7 +25,7 @@ def free_port() -> int:
 
 def topic_env(prefix: str) -> dict[str, str]:
     """VALUELOOP_TOPIC_* variables that give a test its own topics."""
-    roles = ("deployments", "telemetry", "workflow", "incidents", "impact", "deadletter")
+    roles = ("deployments", "telemetry", "workflow", "incidents", "impact", "deadletter", "ledger")
     return {f"VALUELOOP_TOPIC_{r.upper()}": f"{prefix}.{r}" for r in roles}
 
 

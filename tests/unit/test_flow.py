@@ -8,11 +8,15 @@ import random
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
+from stream_app import simulate
+from stream_app.core.catalog import load_catalog
 from stream_app.core.flow import FlowTracker, flow_metric_samples, quantile
 from stream_app.core.valuestream import load_valuestream
 from stream_app.events.model import ItemType, Release, WorkflowEvent
 from stream_app.metrics import Metrics
+from stream_app.pipeline import Pipeline
 
 H = 3600.0
 D = 86400.0
@@ -447,3 +451,94 @@ def test_metric_samples_fit_the_exported_metric_set() -> None:
         get("valueloop_flow_items_finished_total", {"value_stream": "shop", "item_type": "feature"})
         == 3
     )
+
+
+# ---- a simulated value stream with a known injected delay
+
+SIM_START = 1_717_200_000.0  # a whole minute
+
+
+def injected_plan(slow: str) -> simulate.WorkflowPlan:
+    """Stages of known mean length; ``slow`` is a waiting stage where items sit for two days."""
+    means = {"dev": 300.0, "review": 60.0, "waiting-for-qa": 120.0, "qa": 90.0, "deploy": 40.0}
+    means[slow] = 2 * 1440.0
+    return simulate.WorkflowPlan(
+        items_per_release=3.0,
+        wip_items=4,
+        stages=(
+            simulate.Stage("backlog", "waiting", 600.0),  # before flow start: not flow time
+            simulate.Stage("dev", "active", means["dev"]),
+            simulate.Stage("review", "active", means["review"]),
+            simulate.Stage("waiting-for-qa", "waiting", means["waiting-for-qa"]),
+            simulate.Stage("qa", "active", means["qa"]),
+            simulate.Stage("deploy", "waiting" if slow == "deploy" else "active", means["deploy"]),
+        ),
+        duration_sigma=0.3,
+    )
+
+
+@pytest.mark.parametrize("slow", ["waiting-for-qa", "deploy"])
+def test_simulated_stream_names_the_delayed_stage_and_its_active_wait_split(slow: str) -> None:
+    plan = injected_plan(slow)
+    days = 40
+    scenario = simulate.Scenario(
+        seed=11,
+        start=SIM_START,
+        duration_seconds=days * D,
+        services=(simulate.service_profile("shop"),),
+        # A deployment every 4 hours after the first 5 days (earlier items would start too early).
+        releases=tuple(
+            simulate.PlannedRelease("shop", SIM_START + 5 * D + k * 4 * H, f"1.{k}.0")
+            for k in range(int((days - 5) * 6) - 1)
+        ),
+        workflow=plan,
+    )
+    ft = FlowTracker(load_valuestream())
+    for ev in simulate.planned_events(scenario):
+        if isinstance(ev, Release):
+            ft.on_release(ev)
+        elif isinstance(ev, WorkflowEvent):
+            assert ft.on_workflow(ev) == "accepted", ev
+    r = ft.snapshot(scenario.end, scenario.duration_seconds)["shop"]
+    # The injected split: mean active and waiting minutes of the flow stages (dev onwards).
+    flow_stages = plan.stages[1:]
+    active = sum(s.mean_minutes for s in flow_stages if s.state == "active")
+    total = sum(s.mean_minutes for s in flow_stages)
+    assert r.finished > 300  # enough items for the means to show
+    assert r.bottleneck is not None and r.bottleneck.stage == slow == plan.bottleneck
+    assert r.efficiency is not None
+    assert abs(r.efficiency - active / total) < 0.01, (r.efficiency, active / total)
+    # Items sit in the delayed stage about the injected two days (p50 of a lognormal < mean).
+    assert r.bottleneck.wait.p50 == pytest.approx(2 * D, rel=0.1)
+    assert r.open_items == plan.wip_items
+
+
+def test_histograms_observe_each_finished_item_and_change_once() -> None:
+    p = Pipeline(load_catalog())
+    for e in qa_scenario():
+        p.handle(e)
+    obs = p.drain_observations(T0 + 30 * D)
+    flow = sorted(v for n, _, v in obs if n == "valueloop_item_flow_time_seconds")
+    assert flow == pytest.approx([12.5 * H + 1.5 * H + (13 + i) * D + 2 * H for i in range(3)])
+    qa_wait = sorted(
+        v
+        for n, labels, v in obs
+        if n == "valueloop_item_stage_wait_seconds" and labels["stage"] == "waiting-for-qa"
+    )
+    assert qa_wait == [13 * D, 14 * D, 15 * D]
+    # Lead time: each change from its first commit (change created) to its deployment.
+    leads = [v for n, _, v in obs if n == "valueloop_change_lead_time_seconds"]
+    assert leads == pytest.approx([11 * H + (13 + i) * D + 5 * H for i in range(3)])
+    assert p.drain_observations(T0 + 30 * D) == []  # observed once, never again
+
+    m = Metrics(CollectorRegistry())
+    m.observe_samples(obs)
+    get = m.registry.get_sample_value
+    flow_labels = {"value_stream": "shop", "item_type": "feature"}
+    assert get("valueloop_item_flow_time_seconds_count", flow_labels) == 3
+    assert get("valueloop_item_flow_time_seconds_sum", flow_labels) == pytest.approx(sum(flow))
+    # Two weeks of waiting falls in the buckets above a week, not below.
+    week = {"value_stream": "shop", "stage": "waiting-for-qa", "le": floatToGoString(7 * D)}
+    assert get("valueloop_item_stage_wait_seconds_bucket", week) == 0
+    month = {**week, "le": floatToGoString(30 * D)}
+    assert get("valueloop_item_stage_wait_seconds_bucket", month) == 3

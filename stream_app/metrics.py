@@ -110,6 +110,16 @@ class Metrics:
             "Messages written to the dead-letter topic.",
             registry=r,
         )
+        self.state_snapshots = Counter(
+            "valueloop_state_snapshots_total",
+            "Service snapshots written to the changelog-backed state table.",
+            registry=r,
+        )
+        self.state_flushed = Gauge(
+            "valueloop_state_flushed_timestamp_seconds",
+            "Wall-clock time of the last state flush: engine state is in the changelog as of then.",
+            registry=r,
+        )
         self.state_restored = Counter(
             "valueloop_state_restored_services_total",
             "Services whose engine state was restored from the changelog-backed table.",

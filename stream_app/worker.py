@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import faust
@@ -36,7 +37,11 @@ def build_worker_app(
         features=load_features(settings.features_file),
     )
     state = ServiceStateTable(
-        app, settings, pipeline, on_restore=lambda _service: metrics.state_restored.inc()
+        app,
+        settings,
+        pipeline,
+        on_restore=lambda _service: metrics.state_restored.inc(),
+        on_snapshot=lambda _service: metrics.state_snapshots.inc(),
     )
 
     def handle(event: Decoded, partition: int) -> Step:
@@ -50,6 +55,7 @@ def build_worker_app(
     @app.timer(state.interval)
     async def flush_state() -> None:
         state.maybe_flush(force=True)
+        metrics.state_flushed.set(time.time())
         for service in state.partition_of:
             wm = pipeline.engine.watermark(service)
             if wm > float("-inf"):

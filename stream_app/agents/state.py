@@ -33,9 +33,11 @@ class ServiceStateTable:
         pipeline: Pipeline,
         interval: float = 2.0,
         on_restore: Callable[[str], None] | None = None,
+        on_snapshot: Callable[[str], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.on_restore = on_restore
+        self.on_snapshot = on_snapshot
         self.interval = interval
         # Typed Any: faust's TableT stub lacks the serializer attributes set below.
         table: Any = app.Table(
@@ -86,6 +88,8 @@ class ServiceStateTable:
                 partition, key, snap, key_serializer="raw", value_serializer="raw"
             )
             n += 1
+            if self.on_snapshot is not None:
+                self.on_snapshot(service)
         engine.clear_dirty()
         return n
 

@@ -123,7 +123,10 @@ def test_worker_verdicts_equal_replay_and_survive_a_restart(
             assert worker.proc.poll() is None, worker.log.read_text()[-3000:]
             time.sleep(0.5)
         assert done >= n_first, f"worker consumed {done} of {n_first}"
-        time.sleep(4)  # past the state flush interval (2 s) and the commit interval (1 s)
+        # Every event is in the engine; wait for a state flush after that (the timer flushes every
+        # 2 s), then past the offset commit interval (1 s).
+        worker.wait_for("valueloop_state_flushed_timestamp_seconds", time.time() + 0.5, timeout=60)
+        time.sleep(2)
     finally:
         worker.stop()
 

@@ -51,6 +51,8 @@ def build_worker_app(
         return step
 
     register_intake(app, settings, metrics, handle)
+    inputs = ("deployments", "telemetry", "workflow", "incidents")
+    roles_by_topic = {settings.topic_names()[r]: r for r in inputs}
 
     @app.timer(state.interval)
     async def flush_state() -> None:
@@ -62,6 +64,8 @@ def build_worker_app(
                 metrics.watermark.labels(service).set(wm)
         metrics.observe_samples(pipeline.drain_observations())
         metrics.apply_samples(pipeline.report_samples())
+        for role, lag in consumer_lag(app, roles_by_topic).items():
+            metrics.consumer_lag.labels(role).set(lag)
 
     @app.page("/metrics")  # type: ignore[arg-type]  # an aiohttp Response is what faust serves
     async def metrics_page(self: View, request: Request) -> web.Response:
@@ -87,6 +91,21 @@ def build_worker_app(
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]  # mode's stub wants signal=
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]  # same as above
     return app, metrics, pipeline
+
+
+def consumer_lag(app: faust.App, roles_by_topic: dict[str, str]) -> dict[str, float]:
+    """Messages between the worker's read position and the end of its input partitions, by role."""
+    consumer: Any = app.consumer
+    read = getattr(consumer, "_read_offset", {})
+    lag: dict[str, float] = dict.fromkeys(roles_by_topic.values(), 0.0)
+    for tp in consumer.assignment():
+        role = roles_by_topic.get(tp.topic)
+        end = consumer.highwater(tp) if role is not None else None
+        if role is None or end is None:
+            continue
+        last = read.get(tp)
+        lag[role] += max(0, end - (last + 1 if last is not None else 0))
+    return lag
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

@@ -126,6 +126,9 @@ def test_emit_is_accepted_and_bad_messages_are_dead_lettered(
         assert again_sent.returncode == 0, again_sent.stderr
         worker.wait_for("valueloop_events_accepted_total", 2, topic="deployments")
         assert worker.proc.poll() is None
+        # Everything produced has been read: the exported consumer lag is there and at zero.
+        assert 'valueloop_consumer_lag_messages{topic="deployments"}' in worker.metrics()
+        assert worker.metric("valueloop_consumer_lag_messages", topic="deployments") == 0
     finally:
         worker.stop()
 

@@ -198,9 +198,49 @@ def worker(
             envvar="VALUELOOP_APP_ID", help="Consumer group / faust app id. [default: valueloop]"
         ),
     ] = None,
+    max_services: Annotated[
+        int | None,
+        typer.Option(
+            envvar="VALUELOOP_MAX_SERVICES",
+            help="Distinct services kept; events of more are dead-lettered "
+            "(too-many-services). [default: 1000]",
+        ),
+    ] = None,
+    max_kpis_per_service: Annotated[
+        int | None,
+        typer.Option(
+            envvar="VALUELOOP_MAX_KPIS_PER_SERVICE",
+            help="Distinct KPI sample streams per service; more are dead-lettered "
+            "(too-many-kpis). [default: 64]",
+        ),
+    ] = None,
+    max_label_values: Annotated[
+        int | None,
+        typer.Option(
+            envvar="VALUELOOP_MAX_LABEL_VALUES",
+            help="Values of one scope label per KPI stream of a service; more are dead-lettered "
+            "(too-many-label-values). [default: the catalog's [scope] max_values]",
+        ),
+    ] = None,
+    known_services: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VALUELOOP_KNOWN_SERVICES",
+            help="Comma-separated service names; events of others are dead-lettered "
+            "(unknown-service). [default: any service]",
+        ),
+    ] = None,
 ) -> None:
     """Run the stream worker: consume the input topics, judge releases, serve /metrics."""
-    _State.overrides.update(metrics_host=metrics_host, metrics_port=metrics_port, app_id=app_id)
+    _State.overrides.update(
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+        app_id=app_id,
+        max_services=max_services,
+        max_kpis_per_service=max_kpis_per_service,
+        max_label_values=max_label_values,
+        known_services=known_services,
+    )
     from stream_app.worker import run_worker
 
     run_worker(kafka_settings())
@@ -496,11 +536,18 @@ def replay_cmd(
         typer.Option(help="Write the verdicts as JSON lines (the vsm.impact contract)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or tables.")] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the value stream map, releases and DORA pages as one self-contained "
+            "HTML file (opens from disk, no network)."
+        ),
+    ] = None,
 ) -> None:
     """Run the worker's core offline over files of events: verdicts, flow and DORA summary."""
     from stream_app.replay_cli import run_replay
 
-    run_replay(settings(), files, out=out, quiet=quiet)
+    run_replay(settings(), files, out=out, quiet=quiet, report=report)
 
 
 # ---------------------------------------------------------------------------- demo

@@ -2,36 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Any
+import ssl
 
 import faust
+import faust.types.auth
 
 from stream_app.settings import Settings
 
 
-def faust_broker_credentials(settings: Settings) -> Any:
-    """Faust/aiokafka credentials equivalent to the confluent-kafka security settings, or None."""
-    proto = settings.kafka_security_protocol.upper()
+def faust_broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """Faust/aiokafka credentials equal to `Settings.kafka_client_config` (confluent-kafka).
+
+    Faust hands them to every aiokafka client it makes (consumer, producer, topic creation), so
+    the worker authenticates exactly like `valueloop emit`, `topics ensure` and the simulator.
+    Returns None for PLAINTEXT.
+    """
+    proto = settings.kafka_security_protocol
     if proto == "PLAINTEXT":
         return None
-    ssl_context = None
-    if proto in ("SSL", "SASL_SSL"):
-        import ssl
+    ssl_context = tls_context(settings) if proto in ("SSL", "SASL_SSL") else None
+    if proto == "SSL":
+        return faust.SSLCredentials(ssl_context)
+    password = settings.kafka_sasl_password
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password.get_secret_value() if password is not None else None,
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=ssl_context,
+    )
 
-        ssl_context = ssl.create_default_context(
-            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """The client TLS context: CA bundle (else the system's), optional client certificate and key.
+
+    Host names are verified, as librdkafka does by default.
+    """
+    ctx = ssl.create_default_context(
+        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+    )
+    if settings.kafka_ssl_certfile is not None:
+        key_password = settings.kafka_ssl_key_password
+        ctx.load_cert_chain(
+            str(settings.kafka_ssl_certfile),
+            str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            key_password.get_secret_value() if key_password is not None else None,
         )
-    if proto.startswith("SASL"):
-        password = (
-            settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
-        )
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username or "",
-            password=password,
-            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
-            ssl_context=ssl_context,
-        )
-    return faust.SSLCredentials(ssl_context)
+    return ctx
 
 
 def build_app(settings: Settings) -> faust.App:

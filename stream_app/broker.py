@@ -10,6 +10,8 @@ import fcntl
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +40,13 @@ BROKER_SUBDIR = "broker"
 RECORD_FILE = "broker.json"
 LOG_FILE = "broker.log"
 PROPERTIES_FILE = "server.properties"
+SASL_FILE = "sasl.json"
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+BROKER_SCRAM_USER = "valueloop-broker"
+
+# SCRAM names and passwords go into `kafka-storage format --add-scram 'M=[name=..,password=..]'`,
+# whose parser splits on '=', ',' and brackets: keep to characters it passes through untouched.
+_SCRAM_TOKEN = re.compile(r"[A-Za-z0-9._~@+!#%^*:/?-]{1,256}")
 
 _PARTIAL_MARK = ".partial-"
 _PR_SET_PDEATHSIG = 1
@@ -57,12 +66,16 @@ class BrokerInfo:
         bootstrap: ``host:port`` for Kafka clients (always on 127.0.0.1).
         data_dir: the valueloop data dir the broker lives in (its files are under ``broker/``).
         log_path: the broker's console log (WARN and above, plus the start-up line).
+        security_protocol: ``PLAINTEXT``, or ``SASL_PLAINTEXT`` for a broker with SCRAM users.
+        sasl_mechanism: the SCRAM mechanism of a ``SASL_PLAINTEXT`` broker, else None.
     """
 
     pid: int
     bootstrap: str
     data_dir: Path
     log_path: Path
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
 
 
 def find_repo_root() -> Path:
@@ -165,14 +178,46 @@ def render_server_properties(
         raise BrokerError(f"bad server.properties template: {exc!r}") from exc
 
 
-def broker_answers(bootstrap: str, timeout: float = 5.0) -> bool:
-    """Return whether the cluster at ``bootstrap`` answers a metadata request within ``timeout``."""
+def render_sasl_overlay(
+    template: str,
+    *,
+    port: int,
+    controller_port: int,
+    mechanism: str,
+    broker_user: str,
+    broker_password: str,
+) -> str:
+    """Fill the SASL overlay template that is appended to server.properties for a SCRAM broker.
+
+    Raises:
+        BrokerError: the template names a placeholder that is not supplied.
+    """
+    try:
+        return string.Template(template).substitute(
+            port=port,
+            controller_port=controller_port,
+            mechanism=mechanism,
+            mechanism_lower=mechanism.lower(),
+            broker_user=broker_user,
+            broker_password=broker_password,
+        )
+    except (KeyError, ValueError) as exc:
+        raise BrokerError(f"bad sasl.properties template: {exc!r}") from exc
+
+
+def broker_answers(
+    bootstrap: str, timeout: float = 5.0, config: Mapping[str, Any] | None = None
+) -> bool:
+    """Return whether the cluster at ``bootstrap`` answers a metadata request within ``timeout``.
+
+    ``config`` adds client settings, e.g. ``security.protocol`` and ``sasl.*`` for a SCRAM broker.
+    """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     # librdkafka's connection-refused chatter goes to this module's logger, not to stderr.
     # The stubs type config values as str | int | float, but librdkafka's "logger" takes a Logger.
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": log}
+    conf: dict[str, Any] = {**(config or {}), "bootstrap.servers": bootstrap, "logger": log}
     admin = AdminClient(conf)
     try:
         metadata = admin.list_topics(timeout=timeout)
@@ -203,10 +248,18 @@ def start_broker(
     timeout: float = 90,
     *,
     die_with_parent: bool = False,
+    sasl_users: Mapping[str, str] | None = None,
+    sasl_mechanism: str = "SCRAM-SHA-256",
 ) -> BrokerInfo:
     """Start a KRaft broker+controller on 127.0.0.1 with its files in ``data_dir/broker``.
 
     A broker already recorded there and alive is reused (after waiting for it to answer).
+
+    With ``sasl_users`` the client listener is ``SASL_PLAINTEXT`` with SCRAM (``sasl_mechanism``):
+    the users are created when the storage is formatted, next to the broker's own user
+    (``valueloop-broker``, random password kept in ``broker/sasl.json``, mode 0600), and every
+    user is checked to log in before this returns. The controller listener stays PLAINTEXT on
+    loopback. A data dir keeps the users it was first formatted with: asking for others raises.
 
     Args:
         data_dir: valueloop data dir; created if missing.
@@ -215,22 +268,38 @@ def start_broker(
         timeout: seconds to wait until an AdminClient can list topics.
         die_with_parent: on Linux, kill the broker when the calling thread's process dies
             (for test sessions; a CLI-started broker must outlive its command).
+        sasl_users: SCRAM user name -> password; None or empty: a PLAINTEXT broker. Names and
+            passwords are limited to ``[A-Za-z0-9._~@+!#%^*:/?-]`` (the format tool's syntax).
+        sasl_mechanism: ``SCRAM-SHA-256`` or ``SCRAM-SHA-512``.
 
     Returns:
         The running broker.
 
     Raises:
         BrokerError: the broker could not be prepared or did not come up; it is killed and the
-            message carries the tail of its log.
+            message carries the tail of its log (never a password).
     """
+    users = dict(sasl_users or {})
+    if users:
+        _check_scram_users(users, sasl_mechanism)
     data_dir = data_dir.resolve()
     broker_dir = data_dir / BROKER_SUBDIR
     broker_dir.mkdir(parents=True, exist_ok=True)
     with _locked(broker_dir / "broker.lock"):
         running = broker_status(data_dir)
         if running is not None:
-            return _await_existing(running, port, timeout)
-        return _launch(data_dir, broker_dir, port, heap, timeout, die_with_parent)
+            info = _await_existing(running, port, timeout, users, sasl_mechanism)
+        else:
+            info = _launch(
+                data_dir, broker_dir, port, heap, timeout, die_with_parent, users, sasl_mechanism
+            )
+        try:
+            _check_logins(info, users, sasl_mechanism)
+        except BrokerError:
+            if running is None:  # do not leave a broker behind that its caller cannot use
+                stop_broker(data_dir)
+            raise
+    return info
 
 
 def stop_broker(data_dir: Path, timeout: float = 30) -> bool:
@@ -263,10 +332,35 @@ def ensure_broker(settings: Settings) -> str:
     """Return the bootstrap servers to use, starting (or reusing) the local broker when none is set.
 
     When ``settings.kafka_bootstrap_servers`` points at an existing cluster nothing is started.
+    With ``VALUELOOP_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT`` and a SCRAM mechanism, the local
+    broker gets a SCRAM listener and the configured user (see :func:`start_broker`).
+
+    Raises:
+        BrokerError: the security settings ask for something the local broker cannot serve.
     """
     if settings.kafka_bootstrap_servers:
         return settings.kafka_bootstrap_servers
-    info = start_broker(settings.data_dir, port=settings.broker_port, heap=settings.broker_heap)
+    users: dict[str, str] = {}
+    mechanism = settings.kafka_sasl_mechanism or "SCRAM-SHA-256"
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        if (
+            settings.kafka_security_protocol != "SASL_PLAINTEXT"
+            or mechanism not in SCRAM_MECHANISMS
+        ):
+            raise BrokerError(
+                "the local broker serves PLAINTEXT or SASL_PLAINTEXT with SCRAM-SHA-256/512, not "
+                f"{settings.kafka_security_protocol} {settings.kafka_sasl_mechanism or ''}".rstrip()
+            )
+        password = settings.kafka_sasl_password
+        if settings.kafka_sasl_username and password is not None:
+            users[settings.kafka_sasl_username] = password.get_secret_value()
+    info = start_broker(
+        settings.data_dir,
+        port=settings.broker_port,
+        heap=settings.broker_heap,
+        sasl_users=users,
+        sasl_mechanism=mechanism,
+    )
     return info.bootstrap
 
 
@@ -280,6 +374,8 @@ def _launch(
     heap: str,
     timeout: float,
     die_with_parent: bool,
+    users: Mapping[str, str],
+    mechanism: str,
 ) -> BrokerInfo:
     deadline = time.monotonic() + timeout
     repo_root = find_repo_root()
@@ -293,15 +389,24 @@ def _launch(
     controller_port = _free_port(avoid={broker_port})
     properties = broker_dir / PROPERTIES_FILE
     template = (kafka_dir / "server.properties.template").read_text(encoding="utf-8")
-    properties.write_text(
-        render_server_properties(
-            template,
+    text = render_server_properties(
+        template,
+        port=broker_port,
+        controller_port=controller_port,
+        log_dir=broker_dir / "kraft",
+    )
+    sasl = _sasl_state(broker_dir, users, mechanism) if users else None
+    if sasl is not None:
+        overlay = (kafka_dir / "sasl.properties.template").read_text(encoding="utf-8")
+        text += "\n" + render_sasl_overlay(
+            overlay,
             port=broker_port,
             controller_port=controller_port,
-            log_dir=broker_dir / "kraft",
-        ),
-        encoding="utf-8",
-    )
+            mechanism=mechanism,
+            broker_user=sasl["broker_user"],
+            broker_password=sasl["broker_password"],
+        )
+    _write_private(properties, text)  # holds the broker's SCRAM password when SASL is on
     jvm_common = [
         f"-Dlog4j.configuration=file:{kafka_dir / 'log4j.properties'}",
         f"-Dkafka.logs.dir={broker_dir}",
@@ -309,7 +414,10 @@ def _launch(
         "-cp",
         str(libs / "*"),  # the JVM expands the wildcard itself
     ]
-    _format_storage(java, jvm_common, properties, _cluster_id(broker_dir / "kraft"))
+    scram = {**users, sasl["broker_user"]: sasl["broker_password"]} if sasl else {}
+    _format_storage(
+        java, jvm_common, properties, _cluster_id(broker_dir / "kraft"), scram, mechanism
+    )
 
     log_path = broker_dir / LOG_FILE
     bootstrap = f"{HOST}:{broker_port}"
@@ -336,7 +444,14 @@ def _launch(
             preexec_fn=_die_with_parent if die_with_parent else None,
         )
     _CHILDREN[proc.pid] = proc
-    info = BrokerInfo(pid=proc.pid, bootstrap=bootstrap, data_dir=data_dir, log_path=log_path)
+    info = BrokerInfo(
+        pid=proc.pid,
+        bootstrap=bootstrap,
+        data_dir=data_dir,
+        log_path=log_path,
+        security_protocol="SASL_PLAINTEXT" if sasl else "PLAINTEXT",
+        sasl_mechanism=mechanism if sasl else None,
+    )
     # Recorded before it is ready, so stop_broker can find it even if this caller dies now.
     _write_record(
         broker_dir,
@@ -347,10 +462,12 @@ def _launch(
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "log_path": str(log_path),
             "kafka_version": KAFKA_VERSION,
+            "security_protocol": info.security_protocol,
+            "sasl_mechanism": info.sasl_mechanism,
         },
     )
     try:
-        _wait_until_ready(info, deadline)
+        _wait_until_ready(info, deadline, _probe_config(info))
     except BaseException:
         _kill(proc)
         (broker_dir / RECORD_FILE).unlink(missing_ok=True)
@@ -359,15 +476,26 @@ def _launch(
     return info
 
 
-def _await_existing(info: BrokerInfo, port: int, timeout: float) -> BrokerInfo:
+def _await_existing(
+    info: BrokerInfo, port: int, timeout: float, users: Mapping[str, str], mechanism: str
+) -> BrokerInfo:
     if port and not info.bootstrap.endswith(f":{port}"):
         raise BrokerError(
             f"a broker (pid {info.pid}) already runs at {info.bootstrap} in {info.data_dir}; "
             f"stop it before asking for port {port}"
         )
+    wanted = ("SASL_PLAINTEXT", mechanism) if users else ("PLAINTEXT", None)
+    if (info.security_protocol, info.sasl_mechanism) != wanted:
+        running = f"{info.security_protocol} {info.sasl_mechanism or ''}".rstrip()
+        raise BrokerError(
+            f"a broker (pid {info.pid}) already runs at {info.bootstrap} in {info.data_dir} with "
+            f"{running}, not {' '.join(w for w in wanted if w)}; stop it first"
+        )
+    probe_config = _probe_config(info)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if broker_answers(info.bootstrap, timeout=min(5.0, max(0.5, deadline - time.monotonic()))):
+        remaining = min(5.0, max(0.5, deadline - time.monotonic()))
+        if broker_answers(info.bootstrap, timeout=remaining, config=probe_config):
             return info
         if not _pid_alive(info.pid):
             break
@@ -378,7 +506,7 @@ def _await_existing(info: BrokerInfo, port: int, timeout: float) -> BrokerInfo:
     )
 
 
-def _wait_until_ready(info: BrokerInfo, deadline: float) -> None:
+def _wait_until_ready(info: BrokerInfo, deadline: float, config: Mapping[str, Any]) -> None:
     port = int(info.bootstrap.rsplit(":", 1)[1])
     while True:
         child = _CHILDREN.get(info.pid)
@@ -395,7 +523,9 @@ def _wait_until_ready(info: BrokerInfo, deadline: float) -> None:
                 f"{_log_tail(info.log_path)}"
             )
         # A cheap TCP probe first: an AdminClient against a closed port only logs refusals.
-        if _port_accepts(port) and broker_answers(info.bootstrap, timeout=min(5.0, remaining)):
+        if _port_accepts(port) and broker_answers(
+            info.bootstrap, timeout=min(5.0, remaining), config=config
+        ):
             return
         time.sleep(0.2)
 
@@ -414,8 +544,20 @@ def _cluster_id(log_dir: Path) -> str:
 
 
 def _format_storage(
-    java: str, jvm_common: Sequence[str], properties: Path, cluster_id: str
+    java: str,
+    jvm_common: Sequence[str],
+    properties: Path,
+    cluster_id: str,
+    scram: Mapping[str, str] | None = None,
+    mechanism: str = "SCRAM-SHA-256",
 ) -> None:
+    # SCRAM users can only be written at format time (KRaft has no broker to alter yet); a
+    # formatted dir ignores them (--ignore-formatted) and keeps the ones it has.
+    scram_args = [
+        arg
+        for name, password in (scram or {}).items()
+        for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+    ]
     cmd = [
         java,
         "-Xmx256m",
@@ -427,6 +569,7 @@ def _format_storage(
         "-c",
         str(properties),
         "--ignore-formatted",
+        *scram_args,
     ]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
@@ -434,7 +577,108 @@ def _format_storage(
         raise BrokerError("kafka StorageTool format did not finish in 120 s") from exc
     if done.returncode != 0:
         output = _last_lines(done.stdout + done.stderr, 40)
+        for password in (scram or {}).values():
+            output = output.replace(password, "***")
         raise BrokerError(f"formatting the broker storage failed ({done.returncode}):\n{output}")
+
+
+def _check_scram_users(users: Mapping[str, str], mechanism: str) -> None:
+    if mechanism not in SCRAM_MECHANISMS:
+        raise BrokerError(f"sasl_mechanism must be one of {', '.join(SCRAM_MECHANISMS)}")
+    for name, password in users.items():
+        if name == BROKER_SCRAM_USER:
+            raise BrokerError(f"SCRAM user name {name!r} is reserved for the broker itself")
+        if not _SCRAM_TOKEN.fullmatch(name):
+            raise BrokerError(f"SCRAM user name {name!r} must match {_SCRAM_TOKEN.pattern}")
+        if not _SCRAM_TOKEN.fullmatch(password):
+            raise BrokerError(
+                f"the password of SCRAM user {name!r} must match {_SCRAM_TOKEN.pattern}"
+            )
+
+
+def _sasl_state(broker_dir: Path, users: Mapping[str, str], mechanism: str) -> dict[str, Any]:
+    """The broker's own SCRAM login, made once per data dir and kept next to its storage.
+
+    Raises:
+        BrokerError: the storage was formatted with another mechanism or without these users.
+    """
+    path = broker_dir / SASL_FILE
+    formatted = (broker_dir / "kraft" / "meta.properties").is_file()
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = None
+    if formatted:
+        if not isinstance(state, dict):
+            raise BrokerError(
+                f"{broker_dir} was formatted without SCRAM users; delete it to start a broker "
+                "with users"
+            )
+        had = sorted(state.get("users", []))
+        if state.get("mechanism") != mechanism or not set(users) <= set(had):
+            raise BrokerError(
+                f"{broker_dir} was formatted with {state.get('mechanism')} users {had}, not "
+                f"{mechanism} users {sorted(users)}; delete it to start a broker with these users"
+            )
+        return state
+    state = {
+        "mechanism": mechanism,
+        "users": sorted(users),
+        "broker_user": BROKER_SCRAM_USER,
+        "broker_password": secrets.token_urlsafe(24),
+    }
+    _write_private(path, json.dumps(state, indent=2) + "\n")
+    return state
+
+
+def _probe_config(info: BrokerInfo) -> dict[str, Any]:
+    """Client settings for the readiness probe: the broker's own SCRAM login on a SASL broker."""
+    if info.security_protocol != "SASL_PLAINTEXT":
+        return {}
+    try:
+        state = json.loads((info.data_dir / BROKER_SUBDIR / SASL_FILE).read_text(encoding="utf-8"))
+        return {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": info.sasl_mechanism or state["mechanism"],
+            "sasl.username": state["broker_user"],
+            "sasl.password": state["broker_password"],
+        }
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BrokerError(f"cannot read the broker's SCRAM login from {SASL_FILE}: {exc}") from exc
+
+
+def _check_logins(info: BrokerInfo, users: Mapping[str, str], mechanism: str) -> None:
+    """Every requested user logs in (a reused data dir may hold other passwords)."""
+    from stream_app.preflight import AUTH, probe
+
+    for name, password in users.items():
+        result = probe(
+            {
+                "bootstrap.servers": info.bootstrap,
+                "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": mechanism,
+                "sasl.username": name,
+                "sasl.password": password,
+            },
+            timeout=15.0,
+        )
+        if result.ok:
+            continue
+        if result.problem == AUTH:
+            raise BrokerError(
+                f"SCRAM user {name!r} cannot log in to the broker at {info.bootstrap}: "
+                f"{info.data_dir / BROKER_SUBDIR} keeps the users and passwords it was formatted "
+                "with; delete it to change them"
+            )
+        raise BrokerError(f"SCRAM user {name!r} cannot reach {info.bootstrap}: {result.detail}")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (it may hold a password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _find_java() -> str:
@@ -458,6 +702,9 @@ def _free_port(avoid: set[int] | None = None) -> int:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Like the broker's own listener: connections of a stopped broker in TIME_WAIT must not
+        # keep it from starting again on its port (a listening process still does).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
@@ -539,11 +786,14 @@ def _read_record(broker_dir: Path) -> dict[str, Any] | None:
 
 def _info_from_record(data_dir: Path, record: dict[str, Any]) -> BrokerInfo | None:
     try:
+        mechanism = record.get("sasl_mechanism")
         return BrokerInfo(
             pid=int(record["pid"]),
             bootstrap=str(record["bootstrap"]),
             data_dir=data_dir,
             log_path=Path(record["log_path"]),
+            security_protocol=str(record.get("security_protocol") or "PLAINTEXT"),
+            sasl_mechanism=str(mechanism) if mechanism else None,
         )
     except (KeyError, TypeError, ValueError):
         return None

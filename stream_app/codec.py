@@ -27,6 +27,7 @@ from stream_app.core.types import VerdictRecord
 from stream_app.errors import DecodeError
 from stream_app.events import (
     DEFAULT_SPEC_VERSION,
+    MAX_NAME,
     ROLES,
     CloudEvent,
     EventType,
@@ -64,9 +65,13 @@ REASONS: tuple[str, ...] = (
     "empty",
     "oversized",
     "invalid-utf8",
+    "truncated",
     "not-json",
     "non-finite",
+    "invalid-value",
     "schema-invalid",
+    "too-long",
+    "too-many-labels",
     "unknown-type",
     "unknown-specversion",
     "unknown-schema-version",
@@ -87,10 +92,50 @@ class Rejected:
     detail: str
 
 
+MAX_ID = 256  # event, item, incident ids, commits and change ids
+MAX_VERSION = 256  # a release version is a Prometheus label value (valueloop_release_info)
+MAX_REFS = 1000  # commits / change ids carried by one event
+MAX_TEXT = 4096  # free text (an incident description)
+
+
+def check_bounds(event: Decoded) -> Decoded:
+    """Return a decoded CDEvent when its strings and lists are within bounds (they become state,
+    keys and label values), else raise DecodeError ``too-long``."""
+
+    def limit(what: str, value: str | None, most: int) -> None:
+        if value is not None and len(value) > most:
+            raise DecodeError("too-long", f"{what}: at most {most} characters, got {len(value)}")
+
+    def refs(what: str, values: tuple[str, ...]) -> None:
+        if len(values) > MAX_REFS:
+            raise DecodeError("too-long", f"{what}: at most {MAX_REFS} entries, got {len(values)}")
+        for v in values:
+            limit(what, v, MAX_ID)
+
+    limit("id (context.id)", event.id, MAX_ID)
+    limit("service", event.service, MAX_NAME)
+    if isinstance(event, Release):
+        limit("version", event.version, MAX_VERSION)
+        limit("environment", event.environment, MAX_NAME)
+        refs("commits", event.commits)
+        refs("changeIds", event.change_ids)
+    elif isinstance(event, WorkflowEvent):
+        limit("item id (subject.id)", event.item_id, MAX_ID)
+        limit("outcome", event.outcome, MAX_NAME)
+        refs("commits", event.commits)
+    elif isinstance(event, Incident):
+        limit("incident id (subject.id)", event.incident_id, MAX_ID)
+        limit("environment", event.environment, MAX_NAME)
+        limit("deploymentId", event.deployment_id, MAX_ID)
+        limit("description", event.description, MAX_TEXT)
+        refs("changeIds", event.change_ids)
+    return event
+
+
 _DECODERS: dict[str, Callable[[Mapping[str, Any], EventType], Decoded]] = {
-    "deployments": release_from_cdevent,
-    "workflow": workflow_from_cdevent,
-    "incidents": incident_from_cdevent,
+    "deployments": lambda doc, ev: check_bounds(release_from_cdevent(doc, ev)),
+    "workflow": lambda doc, ev: check_bounds(workflow_from_cdevent(doc, ev)),
+    "incidents": lambda doc, ev: check_bounds(incident_from_cdevent(doc, ev)),
 }
 
 
@@ -143,11 +188,27 @@ def _guarded(
     except DecodeError as exc:
         return Rejected(exc.reason, exc.detail)
     except ValidationError as exc:
-        return Rejected("schema-invalid", summarise(exc))
+        return Rejected(validation_reason(exc), summarise(exc))
     except (
         Exception
     ) as exc:  # a decoder bug must not kill the consuming agent; tests assert it never happens
         return Rejected("internal-error", f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+def validation_reason(exc: ValidationError) -> str:
+    """``too-many-labels`` or ``too-long`` when every error is of that kind, else schema-invalid."""
+    kinds = set()
+    for err in exc.errors(include_url=False, include_input=False):
+        names = [p for p in err["loc"] if isinstance(p, str)]
+        if err["type"].endswith("_type") and names and _TYPE_TAG_RE.search(names[-1]):
+            continue  # another member of a union (customData: object | str) did not match
+        if err["type"] == "too_long" and names and names[-1] in ("scope", "labels"):
+            kinds.add("too-many-labels")
+        elif err["type"] in ("string_too_long", "too_long"):
+            kinds.add("too-long")
+        else:
+            return "schema-invalid"
+    return kinds.pop() if len(kinds) == 1 else "schema-invalid"
 
 
 def summarise(exc: ValidationError) -> str:
@@ -172,9 +233,10 @@ def _decode(
 ) -> Decoded:
     ce = _ce_headers(headers) if headers else None
     obj = _load(value, max_bytes)
-    # Hot path: a sample on the telemetry topic goes straight to the sample checks.
+    # Hot path: a sample on the telemetry topic (or in a replay file) goes straight to the
+    # sample checks.
     if (
-        role == "telemetry"
+        (role == "telemetry" or role is None)
         and ce is None
         and type(obj) is dict
         and "context" not in obj
@@ -233,7 +295,12 @@ def _json_error(value: bytes, exc: orjson.JSONDecodeError) -> DecodeError:
     try:
         value.decode("utf-8")
     except UnicodeDecodeError as u:
+        if u.reason == "unexpected end of data":  # cut inside a multi-byte character
+            return DecodeError("truncated", f"the message ends inside a UTF-8 character: {exc}")
         return DecodeError("invalid-utf8", f"not UTF-8 at byte {u.start}: {u.reason}")
+    if str(exc).startswith("unexpected end of data"):
+        # A producer or a proxy cut the message: say so rather than "not JSON".
+        return DecodeError("truncated", f"the JSON document ends early ({len(value)} bytes): {exc}")
     # Python's json.dumps writes NaN/Infinity by default: say so rather than "not JSON".
     if "infinity" in str(exc) or _NON_FINITE_RE.search(value):
         return DecodeError("non-finite", f"NaN or infinite number (not valid JSON): {exc}")

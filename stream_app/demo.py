@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -201,9 +202,12 @@ def run_demo(
         wenv = {
             **env,
             **{
-                f"VALUELOOP_{k.upper()}": str(v)
+                # Secrets go to the worker's environment only (str() of a SecretStr is a mask).
+                f"VALUELOOP_{k.upper()}": (
+                    v.get_secret_value() if isinstance(v, SecretStr) else str(v)
+                )
                 for k, v in s.model_dump().items()
-                if v is not None and not k.startswith("kafka_sasl_password")
+                if v is not None
             },
         }
         wenv["VALUELOOP_DATA_DIR"] = str(workdir)
@@ -500,3 +504,7 @@ def print_summary(
             )
         con.print(f"Prometheus: {prom_url}/alerts  {prom_url}/graph")
     con.print(f"Worker metrics: {metrics_url}/metrics   health: {metrics_url}/health")
+    con.print(
+        f"Web view: {metrics_url}/ui/vsm (value stream map)   {metrics_url}/ui/releases"
+        f"   {metrics_url}/ui/dora   (up while the demo runs: --keep-running)"
+    )

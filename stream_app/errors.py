@@ -29,3 +29,7 @@ class BrokerError(ValueloopError):
 
 class DeliveryError(ValueloopError):
     """A message could not be delivered to Kafka."""
+
+
+class KafkaAccessError(ValueloopError):
+    """The Kafka cluster cannot be reached, or refuses the configured credentials or TLS."""

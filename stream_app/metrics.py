@@ -30,9 +30,26 @@ disable_created_metrics()
 class Metrics:
     """Every series valueloop exports. Labels are bounded; superseded release series are removed."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, max_services: int | None = None
+    ) -> None:
+        """Build the metric set.
+
+        Args:
+            registry: where to register (a fresh one when None).
+            max_services: at most this many distinct services (and, apart, value streams) get
+                series; updates for more are dropped and counted (the pipeline's guard refuses
+                their input first: this is the last line). None: no limit.
+        """
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self.max_services = max_services
+        self._owners: dict[str, set[str]] = {"service": set(), "value_stream": set()}
+        self.series_refused = Counter(
+            "valueloop_series_refused_total",
+            "Metric updates dropped because their service or value stream is over the limit.",
+            registry=r,
+        )
         self.events_accepted = Counter(
             "valueloop_events_accepted_total",
             "Input messages decoded and accepted, by input topic role.",
@@ -43,6 +60,12 @@ class Metrics:
             "valueloop_events_rejected_total",
             "Input messages sent to the dead-letter topic, by input topic role and reason.",
             ["topic", "reason"],
+            registry=r,
+        )
+        self.replayed_skipped = Counter(
+            "valueloop_events_replayed_total",
+            "Input events skipped because the restored state already holds their effect"
+            " (re-delivered after a crash or a rebalance).",
             registry=r,
         )
         self.samples = Counter(
@@ -315,7 +338,7 @@ class Metrics:
         seen: dict[str, set[tuple[str, ...]]] = {}
         for name, labels, value in samples:
             metric = self._by_name.get(name)
-            if metric is None:
+            if metric is None or not self._owned(labels):
                 continue
             key = tuple(labels[n] for n in metric._labelnames)
             if isinstance(metric, Counter):
@@ -339,8 +362,26 @@ class Metrics:
         """Observe histogram values from the core (``Pipeline.drain_observations``)."""
         for name, labels, value in observations:
             h = self._histograms.get(name)
-            if h is not None:
+            if h is not None and self._owned(labels):
                 h.labels(*(labels[n] for n in h._labelnames)).observe(value)
+
+    def admits(self, name: str, label: str = "service") -> bool:
+        """Whether series labelled ``label=name`` may exist (`max_services` distinct names)."""
+        owners = self._owners[label]
+        if name in owners:
+            return True
+        if self.max_services is not None and len(owners) >= self.max_services:
+            self.series_refused.inc()
+            return False
+        owners.add(name)
+        return True
+
+    def _owned(self, labels: dict[str, str]) -> bool:
+        for label in ("service", "value_stream"):
+            name = labels.get(label)
+            if name is not None and not self.admits(name, label):
+                return False
+        return True
 
     def accepted(self, role: str, n: int = 1) -> None:
         """Count accepted input messages."""
@@ -353,6 +394,8 @@ class Metrics:
 
     def observe_verdict(self, rec: VerdictRecord) -> None:
         """Update the per-(service, KPI) series from a verdict; superseded series are removed."""
+        if not self.admits(rec.service):
+            return
         j = rec.judgement
         self.verdicts.labels(rec.service, rec.kpi, j.verdict, rec.phase).inc()
         key = (rec.service, rec.kpi)
@@ -382,6 +425,8 @@ class Metrics:
 
     def observe_release(self, service: str, version: str, time: float) -> None:
         """Point the service's release series at its latest release, removing the superseded one."""
+        if not self.admits(service):
+            return
         old = self._current_version.get(service)
         if old is not None and old != version:
             with contextlib.suppress(KeyError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream_app.errors import DeliveryError
+from stream_app.errors import DeliveryError, KafkaAccessError
+from stream_app.preflight import AUTH, TLS, Probe, check_kafka, classify, explain
 from stream_app.settings import INPUT_TOPIC_KEYS, Settings
 
 Header = tuple[str, bytes]
@@ -40,8 +42,10 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[TopicResult
     """Create missing topics idempotently; existing topics are left as they are.
 
     Raises:
-        DeliveryError: the cluster did not answer or refused to create a topic.
+        KafkaAccessError: the cluster is unreachable or refuses the login (said in one line).
+        DeliveryError: the cluster refused to create a topic.
     """
+    check_kafka(settings, timeout=min(timeout, 10.0))
     admin = AdminClient(dict(settings.kafka_client_config()))
     try:
         existing = admin.list_topics(timeout=timeout).topics
@@ -90,11 +94,24 @@ class Sender:
             "linger.ms": 20,
             "compression.type": "lz4",
             "message.timeout.ms": 30000,
+            # librdkafka retries a refused login until messages time out: notice it at once.
+            "error_cb": self._on_error,
         }
         conf.update(overrides)
+        self._settings = settings
         self._producer = Producer(conf)
         self._errors: list[str] = []
+        self._refused: Probe | None = None
         self.delivered = 0
+
+    def _on_error(self, err: KafkaError) -> None:
+        kind = classify(err.code())
+        if kind in (AUTH, TLS) and self._refused is None:
+            self._refused = Probe(False, kind, err.str())
+
+    def _raise_if_refused(self) -> None:
+        if self._refused is not None:
+            raise KafkaAccessError(explain(self._settings, self._refused))
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
@@ -119,6 +136,7 @@ class Sender:
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
                 self._producer.poll(0.1)
+                self._raise_if_refused()
         self._producer.poll(0)
 
     def send_many(self, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
@@ -136,9 +154,15 @@ class Sender:
             The number of messages delivered so far.
 
         Raises:
+            KafkaAccessError: the cluster refused the login or the TLS handshake.
             DeliveryError: a message could not be delivered, or the timeout passed first.
         """
-        remaining = self._producer.flush(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = self._producer.flush(max(0.0, min(0.5, deadline - time.monotonic())))
+            self._raise_if_refused()
+            if not remaining or time.monotonic() >= deadline:
+                break
         if self._errors:
             first = self._errors[0]
             raise DeliveryError(f"{len(self._errors)} message(s) not delivered: {first}")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import time
+from itertools import islice
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from stream_app.codec import encode_verdict
+from stream_app.codec import Decoded, encode_verdict
 from stream_app.core.catalog import load_catalog
 from stream_app.core.dora import DoraReport
 from stream_app.core.flow import Distribution, FlowReport
@@ -28,30 +31,53 @@ COLORS = {
 
 
 def run_replay(
-    settings: Settings, files: list[Path], *, out: Path | None = None, quiet: bool = False
+    settings: Settings,
+    files: list[Path],
+    *,
+    out: Path | None = None,
+    quiet: bool = False,
+    report: Path | None = None,
 ) -> ReplayOutcome:
-    """Replay files through the worker's pipeline; print a summary; write verdicts to `out`."""
+    """Replay files through the worker's pipeline; print a summary; write verdicts to `out`.
+
+    With `report`, also write the web view's pages as one self-contained HTML file there.
+    """
     con = Console(quiet=quiet)
     pipeline = Pipeline(
         load_catalog(settings.kpis_file),
         load_valuestream(settings.valuestream_file),
         report_period_seconds=settings.report_period_days * 86400.0,
         features=load_features(settings.features_file),
+        limits=settings.guard_limits(),  # the worker's limits: the same events, the same verdicts
+        clock=time.time,
     )
     result = ReplayOutcome()
     total = sum(p.stat().st_size for p in files)
     with Progress(console=con, transient=True, disable=quiet) as progress:
         task = progress.add_task("reading", total=total)
-        events = []
+        events: list[Decoded] = []
         done = 0
-        for ev in read_events(files, result, settings.max_message_bytes):
-            events.append(ev)
-            if len(events) % 20000 == 0:
+        source = read_events(files, result, settings.max_message_bytes)
+        # Every event read stays alive until the end: the cyclic garbage collector would scan
+        # them again and again while the list grows, so it waits, then leaves them out for good.
+        gc.disable()
+        try:
+            while True:
+                before = len(events)
+                events.extend(islice(source, 20000))
+                if len(events) == before:
+                    break
                 # File position is not exposed through gzip; estimate from events read.
                 done = min(total, done + total // 100)
                 progress.update(task, completed=done)
+            gc.freeze()
+        finally:
+            gc.enable()
         progress.update(task, completed=total, description="judging")
-        replay(events, pipeline, result)
+        try:
+            replay(events, pipeline, result)
+        finally:
+            gc.unfreeze()
     if out is not None:
         with out.open("wb") as fh:
             for rec in result.verdicts:
@@ -61,6 +87,11 @@ def run_replay(
         print_value_stream_maps(con, result.reports.flow)
         print_dora(con, result.reports.dora)
     print_ledger(con, result.ledger)
+    if report is not None:
+        from stream_app.web import write_report
+
+        write_report(pipeline, report, f"valueloop report: {', '.join(p.name for p in files)}")
+        con.print(f"report: {report} (open it in a browser; it needs no network)")
     return result
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from stream_app.core.guard import Limits
 
 INPUT_TOPIC_KEYS = ("deployments", "telemetry", "workflow", "incidents")
 
@@ -17,22 +21,34 @@ class Settings(BaseSettings):
     e.g. ``VALUELOOP_KAFKA_BOOTSTRAP_SERVERS``.
     """
 
-    model_config = SettingsConfigDict(env_prefix="VALUELOOP_", frozen=True, extra="forbid")
+    # Validation errors never echo their input: it can hold the SASL or key password.
+    model_config = SettingsConfigDict(
+        env_prefix="VALUELOOP_", frozen=True, extra="forbid", hide_input_in_errors=True
+    )
 
     # Kafka connection
     kafka_bootstrap_servers: str | None = Field(
         default=None,
         description="Kafka bootstrap servers (host:port,...). Unset: the local broker.",
     )
-    kafka_security_protocol: str = Field(
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )
-    kafka_sasl_mechanism: str | None = Field(
-        default=None, description="SASL mechanism, e.g. SCRAM-SHA-512."
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism (required with SASL_*), e.g. SCRAM-SHA-512."
     )
     kafka_sasl_username: str | None = Field(default=None, description="SASL user name.")
     kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password.")
     kafka_ssl_cafile: Path | None = Field(default=None, description="CA bundle for TLS.")
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, description="TLS client certificate (PEM), for brokers that require one."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, description="Private key (PEM) of the TLS client certificate."
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="Password of an encrypted private key."
+    )
 
     # Topics
     topic_deployments: str = Field(
@@ -74,6 +90,44 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         default=256 * 1024, ge=512, description="Messages larger than this are dead-lettered."
     )
+    # Input guard (stream_app/core/guard.py): input beyond these is dead-lettered with a reason.
+    max_services: int = Field(
+        default=1000,
+        ge=1,
+        description="Distinct services kept (state, metric series); more: too-many-services.",
+    )
+    max_kpis_per_service: int = Field(
+        default=64,
+        ge=1,
+        description="Distinct KPI sample streams per service; more: too-many-kpis.",
+    )
+    max_label_values: int | None = Field(
+        default=None,
+        ge=1,
+        description="Values of one scope label per KPI stream of a service; more: "
+        "too-many-label-values. Unset: the catalog's [scope] max_values.",
+    )
+    known_services: str | None = Field(
+        default=None,
+        description="Comma-separated service names; when set, events of any other service are "
+        "dead-lettered (unknown-service). Unset: any service.",
+    )
+    min_event_time: float = Field(
+        default=946684800.0,
+        description="Events before this POSIX time are dead-lettered (time-in-past). "
+        "Default 2000-01-01.",
+    )
+    max_future_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description="Events dated more than this ahead of the wall clock are dead-lettered "
+        "(time-in-future).",
+    )
+    max_sample_ids: int = Field(
+        default=100_000,
+        ge=1,
+        description="Sample ids remembered per service to drop producer retries (duplicate).",
+    )
     kpis_file: Path | None = Field(
         default=None, description="KPI catalog (TOML). Unset: the bundled example."
     )
@@ -94,6 +148,43 @@ class Settings(BaseSettings):
         default=0, ge=0, le=65535, description="Local broker port; 0 picks a free one."
     )
     broker_heap: str = Field(default="512m", description="Local broker maximum heap (-Xmx).")
+
+    @model_validator(mode="after")
+    def _sasl_is_complete(self) -> Self:
+        # Else librdkafka would fall back to GSSAPI and aiokafka to PLAIN: fail at start-up instead.
+        if self.kafka_security_protocol.startswith("SASL_"):
+            missing = [
+                f"VALUELOOP_KAFKA_SASL_{name.upper()}"
+                for name, value in (
+                    ("mechanism", self.kafka_sasl_mechanism),
+                    ("username", self.kafka_sasl_username),
+                    ("password", self.kafka_sasl_password),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    f"VALUELOOP_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                    + ", ".join(missing)
+                )
+        return self
+
+    def guard_limits(self) -> Limits:
+        """The input guard's limits (stream_app.core.guard.Limits) from these settings."""
+        from stream_app.core.guard import Limits
+
+        known = None
+        if self.known_services is not None:
+            known = frozenset(s.strip() for s in self.known_services.split(",") if s.strip())
+        return Limits(
+            max_services=self.max_services,
+            max_kpis_per_service=self.max_kpis_per_service,
+            max_label_values=self.max_label_values,
+            known_services=known,
+            min_event_time=self.min_event_time,
+            max_future_seconds=self.max_future_seconds,
+            max_ids_per_service=self.max_sample_ids,
+        )
 
     def topic_names(self) -> dict[str, str]:
         """Map topic role -> topic name."""
@@ -123,4 +214,10 @@ class Settings(BaseSettings):
             conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         if self.kafka_ssl_cafile is not None:
             conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+        if self.kafka_ssl_certfile is not None:
+            conf["ssl.certificate.location"] = str(self.kafka_ssl_certfile)
+        if self.kafka_ssl_keyfile is not None:
+            conf["ssl.key.location"] = str(self.kafka_ssl_keyfile)
+        if self.kafka_ssl_key_password is not None:
+            conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
         return conf

@@ -10,7 +10,8 @@ import faust
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from stream_app.agents.intake import register_intake
+from stream_app.agents.debug import register_debug_pages
+from stream_app.agents.intake import Checkpoint, register_intake
 from stream_app.agents.state import ServiceStateTable
 from stream_app.app import build_app
 from stream_app.codec import Decoded
@@ -20,6 +21,7 @@ from stream_app.core.valuestream import load_valuestream
 from stream_app.metrics import CONTENT_TYPE_LATEST, Metrics
 from stream_app.pipeline import Pipeline, Step
 from stream_app.settings import Settings
+from stream_app.web import register_web
 
 log = logging.getLogger("valueloop.worker")
 
@@ -29,12 +31,14 @@ def build_worker_app(
 ) -> tuple[faust.App, Metrics, Pipeline]:
     """The faust App with valueloop's agents, state table and /metrics, /health, /live pages."""
     app = build_app(settings)
-    metrics = metrics or Metrics()
+    metrics = metrics or Metrics(max_services=settings.max_services)
     pipeline = Pipeline(
         load_catalog(settings.kpis_file),
         load_valuestream(settings.valuestream_file),
         report_period_seconds=settings.report_period_days * 86400.0,
         features=load_features(settings.features_file),
+        limits=settings.guard_limits(),
+        clock=time.time,
     )
     state = ServiceStateTable(
         app,
@@ -44,23 +48,37 @@ def build_worker_app(
         on_snapshot=lambda _service: metrics.state_snapshots.inc(),
     )
 
-    def handle(event: Decoded, partition: int) -> Step:
-        state.before(event.service, partition)
-        step = pipeline.handle(event)
-        state.maybe_flush()
-        return step
+    # A service with stored state was admitted before a restart: admit it again at any count.
+    pipeline.guard.stored = lambda service: state.table.data.get(service.encode()) is not None
 
-    register_intake(app, settings, metrics, handle)
+    def handle(event: Decoded, topic: str, partition: int, offset: int) -> Step | None:
+        if topic in checkpointed and state.replayed(event.service, topic, partition, offset):
+            return None  # already in the restored state: not a duplicate, not counted again
+        refused = pipeline.admit(event)  # before any state is loaded, created or touched
+        if refused is not None:
+            return refused
+        if topic in checkpointed:
+            if not state.admit(event.service, topic, partition, offset):
+                return None
+        else:
+            state.before(event.service, partition)
+        return pipeline.handle(event)
+
+    # Inputs whose whole effect lives in the engine snapshots (exactly-once by offset); workflow
+    # and incident events feed the flow/DORA trackers, which rebuild from the committed offsets.
+    checkpointed = {settings.topic_deployments, settings.topic_telemetry}
+    checkpoint = Checkpoint()
+    register_intake(app, settings, metrics, handle, checkpoint)
     inputs = ("deployments", "telemetry", "workflow", "incidents")
     roles_by_topic = {settings.topic_names()[r]: r for r in inputs}
 
     @app.timer(state.interval)
     async def flush_state() -> None:
-        state.maybe_flush(force=True)
+        await checkpoint.run(app, state.flush)
         metrics.state_flushed.set(time.time())
         for service in state.partition_of:
             wm = pipeline.engine.watermark(service)
-            if wm > float("-inf"):
+            if wm > float("-inf") and metrics.admits(service):
                 metrics.watermark.labels(service).set(wm)
         metrics.observe_samples(pipeline.drain_observations())
         metrics.apply_samples(pipeline.report_samples())
@@ -81,15 +99,25 @@ def build_worker_app(
     async def live_page(self: View, request: Request) -> Response:
         return self.json({"live": True})
 
+    register_web(app, pipeline, settings)  # /ui: value stream map, releases, DORA
+
     def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         metrics.ready.set(1.0)
 
-    def on_revoked(sender: Any, revoked: Any = (), *args: Any, **kwargs: Any) -> None:
-        state.maybe_flush(force=True)
-        state.forget(revoked)
+    def on_recovered(sender: Any, *args: Any, **kwargs: Any) -> None:
+        # Tables are recovered and input not yet resumed: load every service of our partitions.
+        mine = {tp.partition for tp in app.consumer.assignment() if tp.topic in checkpointed}
+        state.restore_partitions(mine)
+
+    async def on_revoked(sender: Any, revoked: Any = (), *args: Any, **kwargs: Any) -> None:
+        await checkpoint.run(app, state.flush)
+        await app.producer.flush()  # the new owner recovers from the changelog
+        state.forget(tp for tp in revoked if tp.topic in checkpointed)
 
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]  # mode's stub wants signal=
+    app.on_rebalance_complete.connect(on_recovered)  # type: ignore[arg-type]  # same as above
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]  # same as above
+    register_debug_pages(app, pipeline, owned=lambda: list(state.partition_of))
     return app, metrics, pipeline
 
 
@@ -110,6 +138,9 @@ def consumer_lag(app: faust.App, roles_by_topic: dict[str, str]) -> dict[str, fl
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run the worker in the foreground until interrupted (SIGINT/SIGTERM stop it cleanly)."""
+    from stream_app.preflight import check_kafka  # fail fast: unreachable Kafka, refused login
+
+    check_kafka(settings)
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     app, _, _ = build_worker_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)

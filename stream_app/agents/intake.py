@@ -1,8 +1,16 @@
-"""Input agents: decode each message, dead-letter what cannot be used, hand the rest to the core."""
+"""Input agents: decode message batches, dead-letter what cannot be used, hand the rest to the core.
+
+Processing is batched (`noack_take`) and acked late: a batch's events are acked only by the next
+checkpoint (`Checkpoint.run`), after the verdicts they caused were delivered and the state
+snapshots covering them were handed to the producer. See stream_app/agents/state.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -13,9 +21,13 @@ from stream_app.metrics import Metrics
 from stream_app.pipeline import Step
 from stream_app.settings import Settings
 
-Handler = Callable[[Decoded, int], Step]
+# The core's handler: (event, topic, partition, offset) -> what it did, or None when the event's
+# effect is already in the restored state (a replay after a crash or a rebalance).
+Handler = Callable[[Decoded, str, int, int], Step | None]
 
 DETAIL_LIMIT = 1000
+BATCH_MAX = 2000  # events per batch
+BATCH_WITHIN = 0.05  # seconds to wait for a batch to fill
 # Agents and the input roles each consumes. Deployments and telemetry share one agent (and so one
 # partition owner) because both are keyed by service and the release-impact join must be local.
 AGENT_ROLES: tuple[tuple[str, tuple[Role, ...]], ...] = (
@@ -48,45 +60,86 @@ def deadletter_headers(msg: Any, role: str, reason: str, detail: str) -> list[tu
     ]
 
 
-def register_intake(app: faust.App, settings: Settings, metrics: Metrics, handle: Handler) -> None:
+@dataclass
+class Checkpoint:
+    """Serialises batches with checkpoints and holds the processed, not yet acked events."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: list[tuple[Any, list[Any]]] = field(default_factory=list)  # (stream, events)
+
+    async def run(self, app: faust.App, write_snapshots: Callable[[], object]) -> None:
+        """Deliver outputs, hand snapshots to the producer, then ack what they cover."""
+        async with self.lock:
+            await app.producer.flush()  # the verdicts of processed events are in Kafka
+            write_snapshots()  # faust flushes the producer again before it commits offsets
+            pending, self.pending = self.pending, []
+            for stream, events in pending:
+                for event in events:
+                    await stream.ack(event)
+
+
+def register_intake(
+    app: faust.App, settings: Settings, metrics: Metrics, handle: Handler, checkpoint: Checkpoint
+) -> None:
     """Register the input agents: decode -> core (`handle`) -> emit verdicts / dead letters."""
     deadletter = app.topic(settings.topic_deadletter, partitions=settings.topic_partitions)
     impact = app.topic(settings.topic_impact, partitions=settings.topic_partitions)
     ledger = app.topic(settings.topic_ledger, partitions=settings.topic_partitions)
     names = settings.topic_names()
     role_of_topic: dict[str, Role] = {names[r]: r for _, roles in AGENT_ROLES for r in roles}
+    max_bytes = settings.max_message_bytes
 
-    async def process(stream: faust.StreamT[Any]) -> None:
-        async for event in stream.events():
+    def run_batch(events: list[Any]) -> list[tuple[Any, bytes | None, bytes, Any]]:
+        """Decode and apply a batch (no awaits: a checkpoint sees all of it or none)."""
+        sends: list[tuple[Any, bytes | None, bytes, Any]] = []
+        assigned = app.consumer.assignment()
+        outcomes: Counter[str] = Counter()
+        accepted: Counter[str] = Counter()
+        for event in events:
             msg = event.message
+            if msg.tp not in assigned:
+                continue  # revoked while buffered: its new owner processes it
             role = role_of_topic[msg.topic]
-            # A data error never escapes: decode and the core return outcomes as values.
-            decoded = decode(
-                role, msg.value, header_list(msg.headers), max_bytes=settings.max_message_bytes
-            )
+            decoded = decode(role, msg.value, header_list(msg.headers), max_bytes=max_bytes)
             if isinstance(decoded, Rejected):
                 reason, detail = decoded.reason, decoded.detail
             else:
-                step = handle(decoded, msg.partition)
+                step = handle(decoded, msg.topic, msg.partition, msg.offset)
+                if step is None:
+                    metrics.replayed_skipped.inc()
+                    continue
                 if role == "telemetry":
-                    metrics.samples.labels(step.outcome).inc()
+                    outcomes[step.outcome] += 1
                 if not step.rejected:
-                    metrics.accepted(role)
+                    accepted[role] += 1
                     for rec in step.records:
-                        await impact.send(key=rec.service.encode(), value=encode_verdict(rec))
+                        sends.append((impact, rec.service.encode(), encode_verdict(rec), None))
                         metrics.observe_verdict(rec)
                     for entry in step.ledger:
-                        await ledger.send(key=entry.service.encode(), value=encode_ledger(entry))
+                        sends.append((ledger, entry.service.encode(), encode_ledger(entry), None))
                         kind = "release" if entry.item_id is None else "item"
                         metrics.ledger_published.labels(kind).inc()
                     continue
                 reason, detail = step.outcome, f"the core refused the {role} event: {step.outcome}"
-            await deadletter.send(
-                key=msg.key,
-                value=msg.value or b"",
-                headers=deadletter_headers(msg, role, reason, detail),
-            )
+            headers = deadletter_headers(msg, role, reason, detail)
+            sends.append((deadletter, msg.key, msg.value or b"", headers))
             metrics.rejected(role, reason)
+        for outcome, n in outcomes.items():
+            metrics.samples.labels(outcome).inc(n)
+        for name, n in accepted.items():
+            metrics.accepted(name, n)
+        return sends
+
+    async def process(stream: faust.StreamT[Any]) -> None:
+        # noack_take is faust's take() without the ack: its stub in StreamT is missing.
+        batches = stream.noack_take(BATCH_MAX, within=BATCH_WITHIN)  # type: ignore[attr-defined]
+        async for batch in batches:
+            events = list(batch)
+            async with checkpoint.lock:
+                sends = run_batch(events)
+                for topic, key, value, headers in sends:
+                    await topic.send(key=key, value=value, headers=headers)
+                checkpoint.pending.append((stream, events))
 
     for agent_name, roles in AGENT_ROLES:
         source = app.topic(*(names[r] for r in roles), partitions=settings.topic_partitions)

@@ -39,6 +39,7 @@ _ZERO_CHUNK = array("d", [0.0]) * (2 * CHUNK)
 _LITTLE = sys.byteorder == "little"
 
 _isfinite = math.isfinite
+_floor = math.floor
 _SCOPE_NAME_CACHE = 4096  # (label, value) -> scope name entries kept for the hot path
 
 # Sketch: DDSketch-style log buckets. Every value in key k's bin is within RELATIVE_ACCURACY of the
@@ -226,6 +227,19 @@ class _Series:
         return not self.chunks and not self.open and not self.closed
 
 
+class _Hot:
+    """Per-stream lookups of the sample hot path, rebuilt whenever a series comes or goes."""
+
+    __slots__ = ("first", "main", "scoped", "sketch", "width")
+
+    def __init__(self, width: float, sketch: bool, first: float) -> None:
+        self.width = width
+        self.sketch = sketch
+        self.first = first  # mirrors first_seen[stream] (inf when none)
+        self.main: _Series | None = None  # the all-traffic ("") series
+        self.scoped: dict[str, dict[str, _Series]] = {}  # label -> value -> series
+
+
 class ServiceBuckets:
     """Event-time buckets of one service's sample streams, with its watermark.
 
@@ -258,6 +272,7 @@ class ServiceBuckets:
         self._series: dict[tuple[str, str], _Series] = {}
         self._label_values: dict[tuple[str, str], set[str]] = {}
         self._scope_names: dict[tuple[str, str], str] = {}  # (label, value) -> scope_key(...)
+        self._hot: dict[str, _Hot] = {}  # stream -> hot-path lookups (a cache of the above)
 
     @property
     def watermark(self) -> float:
@@ -299,7 +314,68 @@ class ServiceBuckets:
             "accepted", or why not: "late", "unknown-stream", "invalid-value",
             "too-many-label-values".
         """
-        # The hot path of the worker (one call per sample): locals and inlined properties.
+        # The hot path of the worker (one call per sample): a sample of a stream and scopes that
+        # already hold buckets is placed here with cached lookups; anything else (a new stream,
+        # scope or label value, a bad value) takes `_add` below, which decides every outcome.
+        hot = self._hot.get(stream)
+        if hot is None or hot.main is None:
+            return self._add(stream, time, value, count, labels)
+        if not (_isfinite(time) and _isfinite(value) and _isfinite(count)) or count < 0:
+            return self._add(stream, time, value, count, labels)
+        if count == 0 and value != 0:
+            return "invalid-value"  # a value with no observation behind it
+        width = hot.width
+        idx = _floor(time / width)
+        newest = self.max_time
+        if newest is not None:  # inlined `watermark`
+            wm = newest - self.lateness
+            flushed = self.flushed_to
+            if flushed is not None and flushed > wm:
+                wm = flushed
+            if (idx + 1) * width <= wm:
+                return "late"
+        targets = [hot.main]
+        if labels and self.scope_labels:
+            scoped = hot.scoped
+            for label in self.scope_labels:
+                v = labels.get(label)
+                if v is None:
+                    continue
+                by_value = scoped.get(label)
+                ser = by_value.get(v) if by_value is not None else None
+                if ser is None:  # a new label value: limits and series creation
+                    return self._add(stream, time, value, count, labels)
+                targets.append(ser)
+        ci = idx // CHUNK
+        j = 2 * (idx - ci * CHUNK)
+        key = sketch_key(value / count) if hot.sketch and count > 0 else None
+        for series in targets:
+            chunk = series.chunks.get(ci)
+            if chunk is None:
+                chunk = series.chunks[ci] = array("d", _ZERO_CHUNK)
+            chunk[j] += value
+            chunk[j + 1] += count
+            if key is not None and series.open is not None:
+                bins = series.open.get(idx)
+                if bins is None:
+                    series.open[idx] = {key: 0.0 + count}
+                else:
+                    bins[key] = bins.get(key, 0.0) + count
+        if newest is None or time > newest:
+            self.max_time = time
+        if time < hot.first:
+            hot.first = self.first_seen[stream] = time
+        return "accepted"
+
+    def _add(
+        self,
+        stream: str,
+        time: float,
+        value: float,
+        count: float,
+        labels: Mapping[str, str] | None,
+    ) -> SampleOutcome:
+        """`add` in full: every check, new series and label values; refreshes the hot lookups."""
         layout = self.layouts.get(stream)
         if layout is None:
             return "unknown-stream"
@@ -354,13 +430,33 @@ class ServiceBuckets:
         first = self.first_seen.get(stream)
         if first is None or time < first:
             self.first_seen[stream] = time
+        hot = self._hot.get(stream)
+        if hot is None:
+            self._hot_for(stream)
+        else:
+            hot.first = self.first_seen[stream]
         return "accepted"
+
+    def _hot_for(self, stream: str) -> None:
+        """(Re)build the hot-path lookups of `stream` from the series it holds."""
+        layout = self.layouts[stream]
+        hot = _Hot(layout.bucket_seconds, layout.sketch, self.first_seen.get(stream, math.inf))
+        for (st, scope), series in self._series.items():
+            if st != stream:
+                continue
+            if not scope:
+                hot.main = series
+            else:
+                label, _, value = scope.partition("=")
+                hot.scoped.setdefault(label, {})[value] = series
+        self._hot[stream] = hot
 
     def _new_series(self, stream: str, scope: str, sketch: bool) -> _Series:
         series = self._series[(stream, scope)] = _Series(sketch)
         if scope:
             label, _, value = scope.partition("=")
             self._label_values.setdefault((stream, label), set()).add(value)
+        self._hot.pop(stream, None)
         return series
 
     def scopes(self, stream: str) -> list[str]:
@@ -473,6 +569,7 @@ class ServiceBuckets:
                         dropped += 1
             if series.empty():
                 del self._series[(stream, scope)]
+                self._hot.pop(stream, None)
                 if scope:
                     label, _, value = scope.partition("=")
                     values = self._label_values.get((stream, label))
@@ -532,6 +629,7 @@ class ServiceBuckets:
         self.first_seen = {k: float(v) for k, v in meta.get("first", {}).items()}
         self._series = {}
         self._label_values = {}
+        self._hot = {}
         size = 16 * CHUNK
         for stream, scope, sketch, chunk_ids, closed_ids, closed_lens, open_bins in meta["series"]:
             s = self._new_series(stream, scope, sketch)

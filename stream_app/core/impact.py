@@ -50,7 +50,7 @@ import dataclasses
 import math
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -278,13 +278,67 @@ class ImpactEngine:
             "out-of-scope" (no KPI applies to the service), "invalid-value",
             "too-many-label-values".
         """
-        st = self._state(s.service)
+        st = self._states.get(s.service) or self._state(s.service)
         if st is None:
             return "out-of-scope"
         outcome = st.buckets.add(s.kpi, s.time, s.value, s.count, s.labels)
         if outcome == "accepted":
             self._dirty.add(s.service)
         return outcome
+
+    def on_samples(
+        self,
+        samples: Sequence[KpiSample],
+        admit: Callable[[KpiSample], str | None] | None = None,
+    ) -> tuple[list[str], list[tuple[int, list[VerdictRecord]]]]:
+        """`on_sample`, then `advance(service)` after each accepted sample, for a run of samples.
+
+        The records and state are exactly those of the one-by-one calls; the saving is that the
+        per-sample check "is anything due?" runs inline, and `advance` only when it is.
+
+        Args:
+            samples: the samples, in arrival order.
+            admit: called with each sample first, in turn; a reason it returns (e.g. a guard's
+                refusal) is the sample's outcome and the engine does not see the sample.
+
+        Returns:
+            The outcome of every sample, and (index of the sample, records) for each sample
+            whose advance emitted records, in order.
+        """
+        outcomes: list[str] = []
+        fired: list[tuple[int, list[VerdictRecord]]] = []
+        append = outcomes.append
+        states = self._states
+        dirty = self._dirty
+        for i, s in enumerate(samples):
+            if admit is not None:
+                refused = admit(s)
+                if refused is not None:
+                    append(refused)
+                    continue
+            service = s.service
+            # Looked up for every sample: `admit` may restore or drop a service's state.
+            st = states.get(service) or self._state(service)
+            if st is None:
+                append("out-of-scope")
+                continue
+            b = st.buckets
+            outcome = b.add(s.kpi, s.time, s.value, s.count, s.labels)
+            append(outcome)
+            if outcome != "accepted":
+                continue
+            dirty.add(service)
+            # `advance(service)` does nothing unless the watermark reached something due (an
+            # inlined `watermark`: max_time is set once a sample was accepted).
+            wm = b.max_time - b.lateness  # type: ignore[operator]  # not None once accepted
+            flushed = b.flushed_to
+            if flushed is not None and flushed > wm:
+                wm = flushed
+            if wm >= st.next_due or wm >= st.next_compact or wm >= st.next_evict:
+                records = self._advance(service, st)
+                if records:
+                    fired.append((i, records))
+        return outcomes, fired
 
     def on_release(self, r: Release) -> list[VerdictRecord]:
         """Register a release; returns verdicts it caused (see `add_release`)."""
@@ -346,12 +400,12 @@ class ImpactEngine:
         Emits interim records (only when a KPI's interim verdict changed) and final records, then
         compacts closed buckets and evicts history the catalog no longer needs.
         """
-        names = [service] if service is not None else sorted(self._states)
+        if service is not None:  # the per-sample call: no lists unless something is due
+            st = self._states.get(service)
+            return self._advance(service, st) if st is not None else []
         out: list[VerdictRecord] = []
-        for name in names:
-            st = self._states.get(name)
-            if st is not None:
-                out.extend(self._advance(name, st))
+        for name in sorted(self._states):
+            out.extend(self._advance(name, self._states[name]))
         return out
 
     def close_input(self, service: str | None = None) -> list[VerdictRecord]:
@@ -386,7 +440,13 @@ class ImpactEngine:
         return st.buckets.watermark if st is not None else -math.inf
 
     def _advance(self, service: str, st: _ServiceState) -> list[VerdictRecord]:
-        wm = st.buckets.watermark
+        b = st.buckets
+        if b.max_time is None:
+            wm = b.watermark
+        else:  # inlined `watermark`
+            wm = b.max_time - b.lateness
+            if b.flushed_to is not None and b.flushed_to > wm:
+                wm = b.flushed_to
         if wm < st.next_due and wm < st.next_compact and wm < st.next_evict:
             return []  # the common case, once per sample: nothing is due
         out: list[VerdictRecord] = []
@@ -708,6 +768,11 @@ class ImpactEngine:
         """Forget which services changed (after the caller stored their snapshots)."""
         self._dirty.clear()
 
+    def forget(self, service: str) -> None:
+        """Drop the service's in-memory state (another worker owns it now)."""
+        self._states.pop(service, None)
+        self._dirty.discard(service)
+
     def snapshot(self, service: str) -> bytes:
         """The service's whole state (buckets, watermark, releases, emitted revisions) as bytes.
 
@@ -763,6 +828,97 @@ class ImpactEngine:
             default=math.inf,
         )
 
+    def bucket_totals(
+        self, services: Sequence[str] | None = None
+    ) -> dict[str, dict[str, dict[str, float]]]:
+        """Totals of the retained buckets per service and "stream/scope" (for comparing runs).
+
+        Only buckets ending after the horizon count (what reads see), so the totals do not depend
+        on when eviction last ran: two runs over the same events give equal totals.
+
+        Args:
+            services: the services to report (default: every service with state).
+
+        Returns:
+            service -> "stream/scope" -> {"buckets": non-empty buckets, "count": sum of sample
+            counts, "sum": sum of sample values}.
+        """
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for service in sorted(self._states if services is None else services):
+            st = self._states.get(service)
+            if st is None:
+                continue
+            per: dict[str, dict[str, float]] = {}
+            for stream in sorted(st.buckets.layouts):
+                for scope in st.buckets.scopes(stream):
+                    rows = self.bucket_rows(service, stream, scope)
+                    per[f"{stream}/{scope}"] = {
+                        "buckets": float(len(rows)),
+                        "count": math.fsum(r[1] for r in rows),
+                        "sum": math.fsum(r[2] for r in rows),
+                    }
+            out[service] = per
+        return out
+
+    def bucket_rows(self, service: str, stream: str, scope: str) -> list[tuple[int, float, float]]:
+        """The retained non-empty buckets of one series as (index, count, sum), oldest first."""
+        st = self._states.get(service)
+        newest = st.buckets.max_time if st is not None else None
+        if st is None or newest is None or stream not in st.buckets.layouts:
+            return []
+        b = st.buckets
+        width = b.layouts[stream].bucket_seconds
+        lo = math.floor(b.horizon / width)  # reads see nothing before the horizon
+        first_seen = b.first_seen.get(stream)
+        if first_seen is not None:
+            lo = max(lo, math.floor(first_seen / width))
+        rd = b.read(stream, scope, lo, math.floor(newest / width) + 1)
+        return [
+            (lo + i, c, v) for i, (c, v) in enumerate(zip(rd.counts, rd.sums, strict=True)) if c
+        ]
+
+    # -- reading (the web view and the static report) ------------------------------------------
+
+    def release_states(
+        self, service: str | None = None
+    ) -> list[tuple[Release, bool, dict[str, VerdictRecord], dict[str, Verdict]]]:
+        """Releases held, oldest first.
+
+        Returns:
+            (release, finalized, final record per KPI, latest interim verdict per KPI) each.
+        """
+        names = [service] if service is not None else sorted(self._states)
+        return [
+            (rs.release, rs.finalized, dict(rs.final), {k: v for k, (v, _) in rs.interim.items()})
+            for name in names
+            if (st := self._states.get(name)) is not None
+            for rs in sorted(st.releases.values(), key=lambda x: x.key)
+        ]
+
+    def release_windows(self, release_id: str) -> list[KpiWindows]:
+        """Per KPI of a held release: its windows and the reference the judge would pick now.
+
+        Reads only, changes nothing; empty when the engine does not hold the release.
+        """
+        for st in self._states.values():
+            rs = st.releases.get(release_id)
+            if rs is None:
+                continue
+            r, horizon = rs.release, st.buckets.horizon
+            scope = self._release_scope(r)
+            out = []
+            for spec in st.specs:
+                plan = plan_windows(spec, r.time)
+                b0, b1, p0, p1 = plan.base_first, plan.base_stop, plan.post_first, plan.post_stop
+                base, nb = self._window(st, spec, b0, b1, scope, None, horizon)
+                post, np_ = self._window(st, spec, p0, p1, scope, None, horizon)
+                base_ref, post_ref, _, label, _ = self._references(
+                    st, spec, plan, scope, horizon, (nb, np_), r
+                )
+                out.append(KpiWindows(spec, base, post, base_ref, post_ref, label))
+            return out
+        return []
+
 
 def _pool(windows: Sequence[WindowData]) -> WindowData:
     """Windows of the same hours on different days summed bucket by bucket (one pooled day).
@@ -799,3 +955,15 @@ def _record_from(d: dict[str, Any]) -> VerdictRecord:
             "post_window": tuple(d["post_window"]),
         }
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KpiWindows:
+    """One KPI's windows around a release, as `ImpactEngine.release_windows` reads them."""
+
+    spec: KpiSpec
+    baseline: WindowData
+    post: WindowData
+    baseline_ref: WindowData | None  # the reference's baseline, shifted back by its lag
+    post_ref: WindowData | None
+    reference: str | None  # "weekly", "daily, ...", "control" or None (no usable reference)

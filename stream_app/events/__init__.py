@@ -109,7 +109,8 @@ def check_name(name: str, what: str, limit: int = MAX_NAME) -> str:
     """Return ``name`` when it is a usable service/stage name, else raise DecodeError."""
     if not name or len(name) > limit:
         raise DecodeError(
-            "schema-invalid", f"{what}: must be 1 to {limit} characters, got {name[:80]!r}"
+            "too-long" if name else "schema-invalid",
+            f"{what}: must be 1 to {limit} characters, got {len(name)}: {name[:80]!r}",
         )
     return name
 

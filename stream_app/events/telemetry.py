@@ -120,7 +120,8 @@ def _name(obj: dict[str, Any], key: str) -> str:
     if type(s) is not str:
         raise _invalid(f"{key}: required string, got {json_type(s) if key in obj else 'nothing'}")
     if not 0 < len(s) <= MAX_NAME:
-        raise _invalid(f"{key}: must be 1 to {MAX_NAME} characters, got {len(s)}")
+        reason = "too-long" if s else "schema-invalid"
+        raise DecodeError(reason, f"{key}: must be 1 to {MAX_NAME} characters, got {len(s)}")
     return s
 
 
@@ -160,14 +161,21 @@ def _labels(obj: dict[str, Any]) -> dict[str, str]:
     if type(labels) is not dict:
         raise _invalid(f"labels: must be an object of strings, got {json_type(labels)}")
     if len(labels) > MAX_LABELS:
-        raise _invalid(f"labels: at most {MAX_LABELS} entries, got {len(labels)}")
+        raise DecodeError(
+            "too-many-labels", f"labels: at most {MAX_LABELS} entries, got {len(labels)}"
+        )
     for k, val in labels.items():
         if not 0 < len(k) <= MAX_LABEL_KEY:
-            raise _invalid(f"labels: key {k[:80]!r} must be 1 to {MAX_LABEL_KEY} characters")
+            raise DecodeError(
+                "too-long" if k else "schema-invalid",
+                f"labels: key {k[:80]!r} must be 1 to {MAX_LABEL_KEY} characters",
+            )
         if type(val) is not str:
-            raise _invalid(f"labels.{k}: must be a string, got {json_type(val)}")
+            raise _invalid(f"labels.{k[:80]}: must be a string, got {json_type(val)}")
         if len(val) > MAX_LABEL_VALUE:
-            raise _invalid(f"labels.{k}: at most {MAX_LABEL_VALUE} characters, got {len(val)}")
+            raise DecodeError(
+                "too-long", f"labels.{k}: at most {MAX_LABEL_VALUE} characters, got {len(val)}"
+            )
     return labels
 
 
@@ -178,7 +186,8 @@ def sample_from_obj(obj: object) -> KpiSample:
         obj: the orjson-parsed message value.
 
     Raises:
-        DecodeError: ``schema-invalid``, ``non-finite`` or ``unknown-schema-version``.
+        DecodeError: ``schema-invalid``, ``non-finite``, ``invalid-value`` (negative count),
+            ``too-long``, ``too-many-labels`` or ``unknown-schema-version``.
     """
     if type(obj) is not dict:
         raise _invalid(f"a telemetry sample is a JSON object, got {json_type(obj)}")
@@ -198,11 +207,12 @@ def sample_from_obj(obj: object) -> KpiSample:
     value = _number(obj, "value")
     count = _number(obj, "count", 1.0)
     if count < 0:
-        raise _invalid(f"count: must be >= 0, got {count!r}")
+        raise DecodeError("invalid-value", f"count: must be >= 0, got {count!r}")
     labels = _labels(obj)
     sample_id = obj.get("id")
     if sample_id is not None and (type(sample_id) is not str or not 0 < len(sample_id) <= MAX_ID):
-        raise _invalid(f"id: must be a string of 1 to {MAX_ID} characters or null")
+        reason = "too-long" if type(sample_id) is str and sample_id else "schema-invalid"
+        raise DecodeError(reason, f"id: must be a string of 1 to {MAX_ID} characters or null")
     return KpiSample(service, kpi, time, value, count, labels, sample_id)
 
 

@@ -37,6 +37,7 @@ def test_demo_runs_and_ends_with_the_summary(tmp_path: Path) -> None:
         "ReleaseDegradedCriticalKPI",
         "service=checkout",
         "Prometheus: http://127.0.0.1:",
+        "/ui/vsm",
     ):
         assert expected in text, f"{expected!r} missing from the demo summary:\n{text[-4000:]}"
     # It cleans up after itself: its data directory and processes are gone.

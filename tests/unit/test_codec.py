@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -16,7 +16,7 @@ from stream_app import codec
 from stream_app.codec import Rejected, decode, decode_any, encode, encode_binary, encode_structured
 from stream_app.core.types import KpiJudgement, VerdictRecord
 from stream_app.errors import DecodeError
-from stream_app.events import ROLES, timestamp_seconds
+from stream_app.events import EVENT_TYPES, ROLES, timestamp_seconds
 from stream_app.events.deployments import flag_version
 from stream_app.events.impact import ImpactEvent
 from stream_app.events.model import (
@@ -564,21 +564,21 @@ SAMPLE_CASES: list[tuple[dict[str, Any], str | None]] = [
     ({"value": "3"}, "schema-invalid"),
     ({"value": 10**19}, None),
     ({"count": 0}, None),
-    ({"count": -1}, "schema-invalid"),
-    ({"count": -1.0}, "schema-invalid"),
+    ({"count": -1}, "invalid-value"),
+    ({"count": -1.0}, "invalid-value"),
     ({"count": 0.5}, None),
     ({"count": None}, "schema-invalid"),
     ({"labels": {f"k{i}": "v" for i in range(8)}}, None),
-    ({"labels": {f"k{i}": "v" for i in range(9)}}, "schema-invalid"),
+    ({"labels": {f"k{i}": "v" for i in range(9)}}, "too-many-labels"),
     ({"labels": {"k" * 64: "v" * 128}}, None),
-    ({"labels": {"k" * 65: "v"}}, "schema-invalid"),
-    ({"labels": {"k": "v" * 129}}, "schema-invalid"),
+    ({"labels": {"k" * 65: "v"}}, "too-long"),
+    ({"labels": {"k": "v" * 129}}, "too-long"),
     ({"labels": {"": "v"}}, "schema-invalid"),
     ({"labels": {"k": 1}}, "schema-invalid"),
     ({"labels": ["k"]}, "schema-invalid"),
     ({"service": ""}, "schema-invalid"),
     ({"service": "s" * 128}, None),
-    ({"service": "s" * 129}, "schema-invalid"),
+    ({"service": "s" * 129}, "too-long"),
     ({"kpi": 7}, "schema-invalid"),
     ({"id": ""}, "schema-invalid"),
     ({"id": "i" * 256}, None),
@@ -810,6 +810,111 @@ def test_near_valid_cdevents_never_raise(data: st.DataObject, role: codec.Role, 
         return
     for result in (decode(role, value, headers), decode_any(value, headers)):
         assert not (isinstance(result, Rejected) and result.reason == "internal-error"), result
+
+
+# Near-valid CloudEvents: the envelope agrees with the CDEvent, then 1-4 mutations hit it: a type
+# flip to another event we read (or a bogus one), a spec version flip, a dropped key, a huge
+# string, NaN/Infinity in a number's place, or any JSON value. Python's json writes NaN/Infinity
+# tokens, as producers using it by default do.
+KNOWN_TYPES = sorted(
+    {e.type_for(v) for e in EVENT_TYPES.values() for v in ("0.3.0", "0.4.1", "0.5.0")}
+)
+mutation_values = st.one_of(
+    json_values,
+    st.text(min_size=200, max_size=3000),
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e308, -1, 0, "", None, [], {}]),
+)
+
+
+def _mutate(data: st.DataObject, doc: dict[str, Any]) -> None:
+    kind = data.draw(st.sampled_from(["type", "spec", "drop", "set", "set"]))
+    ctx = doc.get("context")
+    if kind == "type" and isinstance(ctx, dict):
+        ctx["type"] = data.draw(st.sampled_from([*KNOWN_TYPES, "dev.cdevents.nope.x.0.1.0", 7]))
+        return
+    if kind == "spec" and isinstance(ctx, dict):
+        ctx.pop("version", None)
+        ctx.pop("specversion", None)
+        key = data.draw(st.sampled_from(["version", "specversion"]))
+        ctx[key] = data.draw(st.sampled_from(["0.3.0", "0.4.1", "0.5.0", "0.6.0", "1.0", 0.4]))
+        return
+    path = data.draw(st.sampled_from(_paths(doc)[1:] or [("context",)]))
+    parent: Any = doc
+    for p in path[:-1]:
+        parent = parent[p]
+    if kind == "drop" and isinstance(parent, dict):
+        parent.pop(path[-1], None)
+    elif isinstance(parent, dict | list):
+        parent[path[-1]] = data.draw(mutation_values)
+
+
+def _dumps(obj: Any) -> bytes:
+    import json
+
+    return json.dumps(obj).encode()  # NaN and Infinity as bare tokens, like Python producers
+
+
+@PROPS
+@given(st.data(), st.sampled_from(["plain", "structured", "binary"]))
+def test_mutated_cloudevents_are_rejected_by_a_known_reason_and_never_raise(
+    data: st.DataObject, form: str
+) -> None:
+    doc = copy.deepcopy(data.draw(st.sampled_from(VALID_DOCS)))
+    original = decode_any(js(doc))
+    assert not isinstance(original, Rejected), original
+    role = data.draw(st.sampled_from([codec.role_of(original), *ROLES]))
+    ctx = doc["context"]
+    envelope = {"specversion": "1.0", "id": ctx["id"], "source": "/s", "type": ctx["type"]}
+    for _ in range(data.draw(st.integers(1, 4))):
+        target = doc if form == "plain" or data.draw(st.booleans()) else envelope
+        if target is envelope:
+            key = data.draw(st.sampled_from(sorted(envelope)))
+            if data.draw(st.booleans()):
+                del envelope[key]
+            else:
+                envelope[key] = data.draw(
+                    st.sampled_from([*KNOWN_TYPES[:3], "0.3", "", "x" * 500, 1])
+                )
+        else:
+            _mutate(data, doc)
+    headers: list[tuple[str, bytes | None]] | None = None
+    if form == "structured":
+        value = _dumps({**envelope, "data": doc})
+    else:
+        value = _dumps(doc)
+        if form == "binary":
+            headers = [(f"ce_{k}", str(v).encode()) for k, v in envelope.items()]
+    for result in (decode(role, value, headers), decode_any(value, headers)):
+        event(result.reason if isinstance(result, Rejected) else "decoded")
+        if isinstance(result, Rejected):
+            assert result.reason in codec.REASONS and result.reason != "internal-error", result
+        else:
+            assert isinstance(result, Release | WorkflowEvent | Incident)
+
+
+@PROPS
+@given(st.data())
+def test_mutated_samples_are_rejected_by_a_known_reason_and_never_raise(
+    data: st.DataObject,
+) -> None:
+    obj: dict[str, Any] = {**BASE_SAMPLE, "count": 2, "labels": {"region": "eu"}, "id": "i-1"}
+    for _ in range(data.draw(st.integers(1, 4))):
+        key = data.draw(st.sampled_from([*sorted(obj), "v", "extra"]))
+        if data.draw(st.booleans()):
+            obj.pop(key, None)
+        else:
+            obj[key] = data.draw(mutation_values)
+    value = _dumps(obj)
+    cut = data.draw(st.none() | st.integers(0, len(value)))  # a message cut anywhere
+    if cut is not None:
+        value = value[:cut]
+    result = decode("telemetry", value)
+    event(result.reason if isinstance(result, Rejected) else "decoded")
+    if isinstance(result, Rejected):
+        assert result.reason in codec.REASONS and result.reason != "internal-error", result
+    else:
+        assert isinstance(result, KpiSample) and math.isfinite(result.value)
+        assert result.count >= 0 and len(result.service) <= 128 and len(result.labels) <= 8
 
 
 names = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=24)

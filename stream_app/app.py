@@ -72,6 +72,8 @@ def build_app(settings: Settings) -> faust.App:
         datadir=str(settings.data_dir / "worker"),
         # Commit often: a crash replays at most this much input.
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_seconds / 4),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         key_serializer="raw",

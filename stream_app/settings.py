@@ -77,6 +77,15 @@ class Settings(BaseSettings):
     app_id: str = Field(
         default="valueloop", description="Consumer group / faust app id (permanent)."
     )
+    session_timeout_seconds: float = Field(
+        default=10.0,
+        ge=3.0,
+        le=300.0,
+        description=(
+            "Consumer group session timeout: how long a crashed worker keeps its partitions before"
+            " the others take them over."
+        ),
+    )
     metrics_host: str = Field(
         default="127.0.0.1", description="Address the /metrics and /health server binds."
     )

@@ -10,7 +10,7 @@ import faust
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from stream_app.agents.debug import register_debug_pages
+from stream_app.agents.debug import broker_reachable, register_debug_pages
 from stream_app.agents.intake import Checkpoint, register_intake
 from stream_app.agents.state import ServiceStateTable
 from stream_app.app import build_app
@@ -92,8 +92,11 @@ def build_worker_app(
 
     @app.page("/health")
     async def health_page(self: View, request: Request) -> Response:
-        ready = metrics.ready._value.get() >= 1.0
-        return self.json({"ready": ready}, status=200 if ready else 503)
+        assigned = metrics.ready._value.get() >= 1.0
+        broker = broker_reachable(app)
+        ready = assigned and broker
+        body = {"ready": ready, "partitions_assigned": assigned, "broker_reachable": broker}
+        return self.json(body, status=200 if ready else 503)
 
     @app.page("/live")
     async def live_page(self: View, request: Request) -> Response:

@@ -93,12 +93,17 @@ def register_intake(
         """Decode and apply a batch (no awaits: a checkpoint sees all of it or none)."""
         sends: list[tuple[Any, bytes | None, bytes, Any]] = []
         assigned = app.consumer.assignment()
+        generation = app.consumer_generation_id
         outcomes: Counter[str] = Counter()
         accepted: Counter[str] = Counter()
         for event in events:
             msg = event.message
-            if msg.tp not in assigned:
-                continue  # revoked while buffered: its new owner processes it
+            if msg.generation_id != generation or msg.tp not in assigned:
+                # Fetched under an earlier assignment and still buffered: skip it unacked. Its
+                # partition's owner (maybe this worker again) re-reads it from the committed
+                # offset; applying it now could leave a hole before it that the offset check
+                # would later take for a replay.
+                continue
             role = role_of_topic[msg.topic]
             decoded = decode(role, msg.value, header_list(msg.headers), max_bytes=max_bytes)
             if isinstance(decoded, Rejected):

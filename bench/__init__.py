@@ -1,0 +1,1 @@
+"""valueloop benchmarks: the pipeline measured against the raw-consumer floor (see README.md)."""

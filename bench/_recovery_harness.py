@@ -1,0 +1,778 @@
+"""Shared pieces of the reliability harnesses: simulated streams, worker processes, run comparison.
+
+Used by bench/crash_recovery.py and the integration tests test_recovery, test_duplicates,
+test_broker_restart and test_scaleout. Everything talks to a real broker; workers are
+`python -m stream_app worker` processes in their own process group, stopped by pid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+
+from stream_app import codec, simulate
+from stream_app.core.catalog import load_catalog
+from stream_app.pipeline import Pipeline
+from stream_app.producer import Sender, ensure_topics
+from stream_app.settings import INPUT_TOPIC_KEYS, Settings
+
+# Events per simulated minute and service: 2 regions x (sessions, orders, revenue, cart value,
+# requests, errors, 10 latency observations).
+EVENTS_PER_SERVICE_MINUTE = 32
+# Verdict fields that carry the judgement (times, reason text and ids are derived from these).
+VERDICT_FIELDS = (
+    "revision",
+    "verdict",
+    "reason_code",
+    "baseline_value",
+    "post_value",
+    "change",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_adjusted",
+    "rank_p_value",
+    "hl_change",
+    "hl_ci_low",
+    "hl_ci_high",
+    "confounders",
+    "seasonal_reference",
+)
+VerdictKey = tuple[str, str, str]  # (release_id, kpi, phase)
+Totals = dict[str, dict[str, dict[str, float]]]  # service -> "stream/scope" -> figures
+SERVICE_NAMES = ("checkout", "catalog", "payments", "search")
+# faust reads these from the environment. Its defaults (60 s) keep a SIGKILLed member in the group
+# for a minute, so every restart after a kill waits that long for its rebalance; harnesses use
+# shorter ones (the broker's group.min.session.timeout.ms is 6 s).
+FAST_FAILOVER_ENV = {
+    "BROKER_SESSION_TIMEOUT": "8",
+    "BROKER_HEARTBEAT_INTERVAL": "2",
+    "BROKER_REBALANCE_TIMEOUT": "20",
+}
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def stream_scenario(
+    seed: int, events: int, services: int = 6, samples_per_minute: int = 1, partitions: int = 4
+) -> simulate.Scenario:
+    """A multi-service stream of at least about `events` events with releases throughout.
+
+    Built on the accuracy scenario (a day of history, then releases every ~150 minutes per
+    service with effects of -10..+10 %, overlapping pairs, regional releases and flags), sized by
+    its number of releases. Small sizes get `compact_scenario` (the day of history alone would
+    hold more events than asked for).
+    """
+    names = service_names(services, partitions)
+    per_minute = EVENTS_PER_SERVICE_MINUTE * len(names) * samples_per_minute
+    if events < per_minute * (1440 + 90 + 120 + 300):
+        return compact_scenario(seed, events, services, partitions)
+    n = len(names)
+    while True:
+        sc = simulate.accuracy_scenario(
+            seed, n, services=names, overlap_fraction=0.05, samples_per_minute=samples_per_minute
+        )
+        if sc.duration_seconds / 60 * per_minute >= events:
+            return sc
+        n += len(names)
+
+
+def service_names(n: int, partitions: int = 4) -> tuple[str, ...]:
+    """`n` service names: the simulator's tuned shop services first, then generic ones (svcNN)
+    picked so that every input partition gets services (keys are partitioned by librdkafka's
+    default consistent_random: CRC32 of the key modulo the partition count)."""
+    names = list(SERVICE_NAMES[:n])
+    load = Counter(zlib.crc32(x.encode()) % partitions for x in names)
+    i = len(SERVICE_NAMES)
+    while len(names) < n:
+        name = f"svc{i:02d}"
+        p = zlib.crc32(name.encode()) % partitions
+        if load[p] <= min(load[q] for q in range(partitions)) or i > 999:
+            names.append(name)
+            load[p] += 1
+        i += 1
+    return tuple(names)
+
+
+# Effects cycled through by compact_scenario's releases: bad, neutral, good, slower, flag, regional.
+_COMPACT_PLAN: tuple[tuple[dict[str, float], dict[str, str], str], ...] = (
+    ({"conversion": -0.10}, {}, "bad"),
+    ({}, {}, "neutral"),
+    ({"cart_value": 0.08}, {}, "good"),
+    ({"latency_ms": 0.15}, {}, "bad"),
+    ({"conversion": 0.06}, {}, "flag"),
+    ({"cart_value": 0.06}, {"region": "eu"}, "canary"),
+)
+
+
+def compact_scenario(
+    seed: int, events: int, services: int = 3, partitions: int = 4
+) -> simulate.Scenario:
+    """About `events` events: 2 h of history, then one release per service every 100 minutes
+    (effects cycled from bad/neutral/good/slower/flag/regional, one overlapping pair), no
+    day-ago reference. For CI-sized runs."""
+    names = service_names(services, partitions)
+    start = simulate.ACCURACY_START
+    minutes = max(240, math.ceil(events / (EVENTS_PER_SERVICE_MINUTE * len(names))))
+    end_min = minutes - 75  # the last post window (60 m) and lateness (5 m) close in the stream
+    plans: list[simulate.PlannedRelease] = []
+    i = 0
+    for s_i, name in enumerate(names):
+        t = 120 + 17 * s_i
+        while t <= end_min:
+            effects, scope, label = _COMPACT_PLAN[(i + seed) % len(_COMPACT_PLAN)]
+            flag = label == "flag"
+            plans.append(
+                simulate.PlannedRelease(
+                    name,
+                    start + 60.0 * t,
+                    f"f{i}=on@50%" if flag else f"1.{i}.0",
+                    "flag" if flag else "deployed",
+                    dict(effects),
+                    dict(scope),
+                    flag_key=f"f{i}" if flag else None,
+                    rollout_percent=50.0 if flag else None,
+                    label=label,
+                )
+            )
+            if i == 1 and t + 20 <= end_min:  # one overlapping pair: confounded both ways
+                plans.append(
+                    simulate.PlannedRelease(
+                        name, start + 60.0 * (t + 20), f"1.{i}.1", label="overlap"
+                    )
+                )
+            i += 1
+            t += 100
+    plans.sort(key=lambda p: (p.time, p.service))
+    return simulate.Scenario(
+        seed=seed,
+        start=start,
+        duration_seconds=60.0 * minutes,
+        services=tuple(simulate.service_profile(n) for n in names),
+        releases=tuple(plans),
+    )
+
+
+def with_sample_ids(events: Iterable[codec.Decoded], prefix: str = "s") -> Iterator[codec.Decoded]:
+    """The events with a unique id on every sample (as producers that retry would send)."""
+    for i, ev in enumerate(events):
+        if isinstance(ev, codec.KpiSample) and ev.id is None:
+            yield dataclasses.replace(ev, id=f"{prefix}{i}")
+        else:
+            yield ev
+
+
+def topic_settings(
+    bootstrap: str, prefix: str, app_id: str, *, partitions: int = 4, outputs: str | None = None
+) -> tuple[Settings, dict[str, str]]:
+    """Settings and the VALUELOOP_* environment of a run: inputs `<prefix>.<role>`, outputs
+    `<outputs or prefix>.<role>`, its own app id (consumer group and changelog)."""
+    out = outputs or prefix
+    env = {
+        **{f"VALUELOOP_TOPIC_{r.upper()}": f"{prefix}.{r}" for r in INPUT_TOPIC_KEYS},
+        **{
+            f"VALUELOOP_TOPIC_{r.upper()}": f"{out}.{r}" for r in ("impact", "deadletter", "ledger")
+        },
+        "VALUELOOP_APP_ID": app_id,
+        "VALUELOOP_TOPIC_PARTITIONS": str(partitions),
+        "VALUELOOP_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+    }
+    fields = {k[len("VALUELOOP_") :].lower(): v for k, v in env.items()}
+    return Settings(**fields), env  # type: ignore[arg-type]  # pydantic coerces the strings
+
+
+@dataclass
+class Produced:
+    """What was produced to the input topics."""
+
+    by_role: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_role.values())
+
+
+def produce(
+    settings: Settings,
+    events: Iterable[codec.Decoded],
+    *,
+    into: Produced | None = None,
+    also: Pipeline | None = None,
+    times: int = 1,
+) -> Produced:
+    """Produce events to the input topics (keyed by service), each `times` times in a row.
+
+    Args:
+        settings: names the topics and the broker.
+        events: what to send, in order.
+        into: add counts to this record.
+        also: feed every event (once) to this in-process pipeline too: the offline reference.
+        times: deliver each message this many times (a producer retrying after a lost ack).
+    """
+    ensure_topics(settings)
+    topics = settings.topic_names()
+    out = into or Produced()
+    sender = Sender(settings)
+    t0 = time.monotonic()
+    for ev in events:
+        role = codec.role_of(ev)
+        value, key = codec.encode(ev), codec.key_of(ev)
+        for _ in range(times):
+            sender.send(topics[role], value, key)
+        out.by_role[role] += times
+        if also is not None:
+            also.handle(ev)
+    sender.flush(120)
+    del sender  # its librdkafka threads go with it (they would keep reconnecting to the broker)
+    out.seconds += time.monotonic() - t0
+    return out
+
+
+# --------------------------------------------------------------------------- worker processes
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the forked child before exec: Linux SIGKILLs it when the harness process dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+@dataclass
+class Worker:
+    """A `valueloop worker` process (own process group) with its HTTP port and data dir."""
+
+    env: dict[str, str]
+    data_dir: Path
+    name: str = "w"
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    log: Path | None = None
+    started_at: float = 0.0
+
+    def start(self) -> Worker:
+        """Spawn the process (same data dir and app id as before); does not wait."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.port = free_port()
+        self.starts += 1
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log = self.data_dir.parent / f"{self.name}-{self.starts}.log"
+        env = {
+            **os.environ,
+            **FAST_FAILOVER_ENV,
+            **self.env,
+            "VALUELOOP_METRICS_PORT": str(self.port),
+            "VALUELOOP_DATA_DIR": str(self.data_dir),
+        }
+        with self.log.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stream_app", "worker"],
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # a harness killed by a timeout leaves no worker
+            )
+        self.started_at = time.monotonic()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log and self.log.exists() else ""
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """HTTP GET on the worker's page; (status, body)."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}{path}", timeout=timeout
+            ) as r:
+                return int(r.status), r.read()
+        except urllib.error.HTTPError as e:
+            return int(e.code), e.read()
+
+    def try_get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes] | None:
+        try:
+            return self.get(path, timeout)
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return None
+
+    def wait_ready(self, timeout: float = 180.0) -> float:
+        """Wait until /health answers 200; returns seconds since the process started."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise AssertionError(f"{self.name} exited:\n{self.tail()}")
+            got = self.try_get("/health")
+            if got is not None and got[0] == 200:
+                return time.monotonic() - self.started_at
+            time.sleep(0.3)
+        raise AssertionError(f"{self.name} not ready in {timeout:.0f} s:\n{self.tail()}")
+
+    def samples(self) -> dict[str, float]:
+        """Prometheus samples of /metrics as {'name{k="v",...}': value} (empty when unreachable)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        got = self.try_get("/metrics")
+        if got is None or got[0] != 200:
+            return {}
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(got[1].decode()):
+            for s in fam.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+        return out
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels` (0.0 when none)."""
+        want = [f'{k}="{v}"' for k, v in labels.items()]
+        total = 0.0
+        for key, v in self.samples().items():
+            base, _, rest = key.partition("{")
+            if base == name and all(w in rest for w in want):
+                total += v
+        return total
+
+    def totals(self) -> Totals:
+        status, body = self.get("/state/totals", timeout=60)
+        assert status == 200, (status, body[:300])
+        data: Totals = orjson.loads(body)
+        return data
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the worker's whole process group (by its pid) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+
+# --------------------------------------------------------------------------- progress and reads
+
+
+def _consumer(bootstrap: str, group: str) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+
+
+def input_partitions(bootstrap: str, topics: Iterable[str]) -> list[TopicPartition]:
+    c = _consumer(bootstrap, "valueloop-harness-meta")
+    try:
+        md = c.list_topics(timeout=30)
+        return [
+            TopicPartition(t, p)
+            for t in topics
+            if t in md.topics
+            for p in sorted(md.topics[t].partitions)
+        ]
+    finally:
+        c.close()
+
+
+def group_progress(
+    bootstrap: str, group: str, parts: list[TopicPartition]
+) -> tuple[int, int, list[str]]:
+    """(committed messages, end offsets, partitions not at their end) of a consumer group.
+
+    Reads the group's committed offsets without joining it.
+    """
+    c = _consumer(bootstrap, group)
+    try:
+        committed = c.committed(parts, timeout=30)
+        done = total = 0
+        behind: list[str] = []
+        for tp in committed:
+            _, high = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30)
+            at = max(tp.offset, 0)
+            done += min(at, high)
+            total += high
+            if at < high:
+                behind.append(f"{tp.topic}[{tp.partition}] {at}/{high}")
+        return done, total, behind
+    finally:
+        c.close()
+
+
+def wait_done(
+    bootstrap: str,
+    group: str,
+    parts: list[TopicPartition],
+    workers: Iterable[Worker],
+    timeout: float = 900.0,
+    log: Any = None,
+) -> float:
+    """Wait until the group committed every input partition to its end and a live worker flushed
+    its state after that; returns the wall time at which the commits reached the end.
+
+    'Flushed after' is valueloop_state_flushed_timestamp_seconds > that time on every live worker.
+    """
+    deadline = time.monotonic() + timeout
+    ws = list(workers)
+    behind: list[str] = []
+    next_log = 0.0
+    while time.monotonic() < deadline:
+        for w in ws:
+            assert w.alive(), f"{w.name} died:\n{w.tail()}"
+        done, total, behind = group_progress(bootstrap, group, parts)
+        if log is not None and time.monotonic() >= next_log:
+            log(f"{group}: committed {done}/{total}; behind: {behind[:4]}")
+            next_log = time.monotonic() + 10
+        if not behind and total > 0:
+            at = time.time()
+            for w in ws:
+                while w.metric("valueloop_state_flushed_timestamp_seconds") <= at:
+                    assert time.monotonic() < deadline, f"{w.name} never flushed after the end"
+                    assert w.alive(), f"{w.name} died:\n{w.tail()}"
+                    time.sleep(0.3)
+            return at
+        time.sleep(1.0)
+    state = {
+        w.name: {
+            "alive": w.alive(),
+            "accepted": w.metric("valueloop_samples_total", outcome="accepted"),
+            "replayed_skipped": w.metric("valueloop_events_replayed_total"),
+            "lag": w.metric("valueloop_consumer_lag_messages"),
+            "services": sorted(w.totals()) if w.alive() else None,
+            "log": str(w.log),
+        }
+        for w in ws
+    }
+    raise AssertionError(f"group {group} not at the end in {timeout:.0f} s: {behind[:8]} {state}")
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 120.0) -> list[dict[str, Any]]:
+    """Every record of a topic up to its current end offsets, decoded as JSON, partition order."""
+    c = _consumer(bootstrap, f"valueloop-harness-{time.monotonic_ns()}")
+    try:
+        md = c.list_topics(topic, timeout=30)
+        parts = sorted(md.topics[topic].partitions) if topic in md.topics else []
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
+        c.assign([TopicPartition(topic, p, 0) for p in parts if ends[p] > 0])
+        got: dict[int, list[dict[str, Any]]] = {p: [] for p in parts}
+        pos = dict.fromkeys(parts, 0)
+        deadline = time.monotonic() + timeout
+        while any(pos[p] < ends[p] for p in parts):
+            assert time.monotonic() < deadline, f"read {pos} of {ends} in {topic}"
+            for m in c.consume(1000, 0.5):
+                if m.error():
+                    continue
+                p = m.partition()
+                if m.offset() < ends[p]:
+                    got[p].append(orjson.loads(m.value()))
+                pos[p] = max(pos[p], m.offset() + 1)
+        return [r for p in parts for r in got[p]]
+    finally:
+        c.close()
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def latest_verdicts(records: Iterable[Mapping[str, Any]]) -> dict[VerdictKey, dict[str, Any]]:
+    """The latest record per (release_id, kpi, phase): highest revision, then last in order."""
+    out: dict[VerdictKey, dict[str, Any]] = {}
+    for r in records:
+        key = (r["release_id"], r["kpi"], r["phase"])
+        prev = out.get(key)
+        if prev is None or r["revision"] >= prev["revision"]:
+            out[key] = dict(r)
+    return out
+
+
+def duplicate_emissions(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many verdict records repeat an earlier (release, kpi, phase, revision): 'same' when
+    the content is equal, 'conflicting' when it is not (a changed judgement under one revision)."""
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    same = conflicting = 0
+    for r in records:
+        key = (r["release_id"], r["kpi"], r["phase"], r["revision"])
+        prev = seen.get(key)
+        if prev is None:
+            seen[key] = dict(r)
+        elif all(prev.get(f) == r.get(f) for f in VERDICT_FIELDS):
+            same += 1
+        else:
+            conflicting += 1
+    return {"same": same, "conflicting": conflicting}
+
+
+def verdict_differences(
+    want: Mapping[VerdictKey, Mapping[str, Any]],
+    have: Mapping[VerdictKey, Mapping[str, Any]],
+    phases: tuple[str, ...] = ("final", "interim"),
+) -> list[dict[str, Any]]:
+    """Every difference between two sets of latest verdicts (missing, extra, differing fields)."""
+    diffs: list[dict[str, Any]] = []
+    keys = sorted(k for k in set(want) | set(have) if k[2] in phases)
+    for k in keys:
+        a, b = want.get(k), have.get(k)
+        if a is None or b is None:
+            diffs.append(
+                {
+                    "key": list(k),
+                    "kind": "missing" if b is None else "extra",
+                    "service": (a or b or {}).get("service"),
+                }
+            )
+            continue
+        fields = {f: [a.get(f), b.get(f)] for f in VERDICT_FIELDS if a.get(f) != b.get(f)}
+        if fields:
+            diffs.append(
+                {"key": list(k), "kind": "differs", "service": a.get("service"), "fields": fields}
+            )
+    return diffs
+
+
+def totals_differences(want: Totals, have: Totals) -> list[dict[str, Any]]:
+    """Every (service, stream/scope) whose bucket count, sample count or value sum differs."""
+    diffs: list[dict[str, Any]] = []
+    for service in sorted(set(want) | set(have)):
+        a, b = want.get(service), have.get(service)
+        if a is None or b is None:
+            diffs.append({"service": service, "kind": "missing" if b is None else "extra"})
+            continue
+        for key in sorted(set(a) | set(b)):
+            x, y = a.get(key), b.get(key)
+            if x != y:
+                diffs.append({"service": service, "series": key, "want": x, "have": y})
+    return diffs
+
+
+def merge_totals(parts: Iterable[Totals]) -> tuple[Totals, list[str]]:
+    """Union of several workers' totals; services reported by more than one worker are listed."""
+    out: Totals = {}
+    both: list[str] = []
+    for t in parts:
+        for service, v in t.items():
+            if service in out and out[service] != v:
+                both.append(service)
+            out.setdefault(service, v)
+    return out, sorted(set(both))
+
+
+class RecordingPipeline(Pipeline):
+    """A Pipeline that keeps the JSON of every verdict it produced (the offline reference)."""
+
+    def __init__(self) -> None:
+        super().__init__(load_catalog())
+        self.records: list[dict[str, Any]] = []
+
+    def handle(self, event: codec.Decoded) -> Any:
+        step = super().handle(event)
+        for rec in step.records:
+            self.records.append(orjson.loads(codec.encode_verdict(rec)))
+        return step
+
+    def result(self) -> tuple[dict[VerdictKey, dict[str, Any]], Totals]:
+        return latest_verdicts(self.records), self.engine.bucket_totals()
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+
+def committed_offsets(bootstrap: str, group: str, parts: list[TopicPartition]) -> dict[str, int]:
+    """The group's committed offset per "topic[partition]" (-1: none)."""
+    c = _consumer(bootstrap, group)
+    try:
+        return {f"{tp.topic}[{tp.partition}]": tp.offset for tp in c.committed(parts, timeout=30)}
+    finally:
+        c.close()
+
+
+def bucket_diffs(want: Worker, have: Worker, service: str, series: str) -> list[list[float]]:
+    """Buckets of one series that differ between two live workers: [index, count want, count
+    have, sum want - sum have]."""
+    stream, _, scope = series.partition("/")
+    q = f"/state/buckets?service={service}&stream={stream}&scope={scope}"
+    rows = [
+        {int(r[0]): (r[1], r[2]) for r in orjson.loads(w.get(q, timeout=60)[1])}
+        for w in (want, have)
+    ]
+    out = []
+    for idx in sorted(set(rows[0]) | set(rows[1])):
+        a, b = rows[0].get(idx, (0.0, 0.0)), rows[1].get(idx, (0.0, 0.0))
+        if a != b:
+            out.append([idx, a[0], b[0], round(a[1] - b[1], 6)])
+    return out
+
+
+def find_samples(
+    bootstrap: str, topic: str, service: str, stream: str, scope: str, bucket: int, width: float
+) -> list[dict[str, Any]]:
+    """Telemetry messages of one bucket of one series: partition, offset, value (a full scan)."""
+    label, _, value = scope.partition("=")
+    c = _consumer(bootstrap, f"valueloop-harness-{time.monotonic_ns()}")
+    found: list[dict[str, Any]] = []
+    try:
+        md = c.list_topics(topic, timeout=30)
+        parts = sorted(md.topics[topic].partitions)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
+        c.assign([TopicPartition(topic, p, 0) for p in parts if ends[p] > 0])
+        pos = dict.fromkeys(parts, 0)
+        while any(pos[p] < ends[p] for p in parts):
+            for m in c.consume(5000, 0.5):
+                if m.error():
+                    continue
+                pos[m.partition()] = m.offset() + 1
+                if m.key() != service.encode():
+                    continue
+                s = orjson.loads(m.value())
+                if s.get("kpi") != stream or math.floor(s["time"] / width) != bucket:
+                    continue
+                if label and s.get("labels", {}).get(label) != value:
+                    continue
+                found.append(
+                    {"partition": m.partition(), "offset": m.offset(), "value": s["value"]}
+                )
+        return found
+    finally:
+        c.close()
+
+
+def changelog_offsets(bootstrap: str, app_id: str, service: str) -> list[dict[str, Any]]:
+    """Every snapshot of `service` in the worker's changelog: its changelog offset and the input
+    offsets it says it covers (stream_app.agents.state envelope)."""
+    from stream_app.agents import state as state_mod
+
+    topic = f"{app_id}-{state_mod.TABLE_NAME}-changelog"
+    c = _consumer(bootstrap, f"valueloop-harness-{time.monotonic_ns()}")
+    out: list[dict[str, Any]] = []
+    try:
+        md = c.list_topics(topic, timeout=30)
+        if topic not in md.topics:
+            return out
+        parts = sorted(md.topics[topic].partitions)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
+        c.assign([TopicPartition(topic, p, 0) for p in parts if ends[p] > 0])
+        pos = dict.fromkeys(parts, 0)
+        while any(pos[p] < ends[p] for p in parts):
+            for m in c.consume(1000, 0.5):
+                if m.error():
+                    continue
+                pos[m.partition()] = m.offset() + 1
+                if m.key() != service.encode() or not m.value():
+                    continue
+                unwrap = getattr(state_mod, "unwrap", None)
+                covered = unwrap(m.value())[1] if unwrap is not None else {}
+                out.append(
+                    {
+                        "changelog_offset": m.offset(),
+                        "timestamp_ms": m.timestamp()[1],
+                        "covers": {f"{t}[{p}]": o for (t, p), o in sorted(covered.items())},
+                    }
+                )
+        return out
+    finally:
+        c.close()
+
+
+def owner(workers: Iterable[Worker], service: str) -> Worker | None:
+    """The live worker whose /state/totals reports `service`."""
+    for w in workers:
+        if w.alive() and service in w.totals():
+            return w
+    return None
+
+
+def diagnose(
+    bootstrap: str,
+    telemetry_topic: str,
+    want: Iterable[Worker],
+    have: Iterable[Worker],
+    have_app_id: str,
+    diffs: list[dict[str, Any]],
+    limit: int = 2,
+) -> list[dict[str, Any]]:
+    """For differing bucket totals (live workers): which buckets differ, the input messages of
+    those buckets (partition, offset, value), and the snapshots of the service in the changelog
+    of the run that differs (with the input offsets each says it covers)."""
+    want, have = list(want), list(have)
+    out = []
+    for d in diffs[:limit]:
+        if "series" not in d:
+            out.append(d)
+            continue
+        a, b = owner(want, d["service"]), owner(have, d["service"])
+        if a is None or b is None:
+            out.append({**d, "owners": [a and a.name, b and b.name]})
+            continue
+        stream, _, scope = d["series"].partition("/")
+        buckets = bucket_diffs(a, b, d["service"], d["series"])
+        messages = [
+            find_samples(bootstrap, telemetry_topic, d["service"], stream, scope, int(i), 60.0)
+            for i, *_ in buckets[:2]
+        ]
+        out.append(
+            {
+                **d,
+                "owners": [a.name, b.name],
+                "buckets": buckets[:10],
+                "messages": messages,
+                "changelog": changelog_offsets(bootstrap, have_app_id, d["service"]),
+            }
+        )
+    return out
+
+
+def deadletter_reasons(bootstrap: str, topic: str, timeout: float = 60.0) -> dict[str, int]:
+    """Dead-lettered messages of a run by reason (header valueloop.reason)."""
+    c = _consumer(bootstrap, f"valueloop-harness-{time.monotonic_ns()}")
+    out: Counter[str] = Counter()
+    try:
+        md = c.list_topics(topic, timeout=30)
+        parts = sorted(md.topics[topic].partitions) if topic in md.topics else []
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
+        c.assign([TopicPartition(topic, p, 0) for p in parts if ends[p] > 0])
+        pos = dict.fromkeys(parts, 0)
+        deadline = time.monotonic() + timeout
+        while any(pos[p] < ends[p] for p in parts) and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.5):
+                if m.error():
+                    continue
+                pos[m.partition()] = m.offset() + 1
+                reason = dict(m.headers() or []).get("valueloop.reason") or b"?"
+                out[reason.decode()] += 1
+        return dict(out)
+    finally:
+        c.close()

@@ -1,0 +1,289 @@
+"""Crash recovery: a worker SIGKILLed and restarted N times must end exactly like one never killed.
+
+    .venv/bin/python -m bench.crash_recovery --events 1000000 --kills 5 --seed 1
+
+Produces a simulated multi-service stream (telemetry + releases) once to fresh input topics on a
+real broker (its own, unless --bootstrap), then runs two consumer groups over it at the same time:
+"clean" (one worker, never interrupted) and "killed" (one worker, SIGKILLed on its process group at
+random points of its progress and restarted each time with the same app id and data dir). When both
+have committed every input partition to its end and flushed their state after that, it compares
+the latest verdict per (release, KPI, phase) on each run's impact topic and every bucket total
+(GET /state/totals), and both against the same core run in-process over the same events.
+Writes the result as JSON and prints a one-line summary; exit status 1 when anything differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench._recovery_harness import (
+    Produced,
+    RecordingPipeline,
+    Worker,
+    bucket_diffs,
+    changelog_offsets,
+    committed_offsets,
+    deadletter_reasons,
+    duplicate_emissions,
+    find_samples,
+    group_progress,
+    input_partitions,
+    latest_verdicts,
+    produce,
+    read_topic,
+    stream_scenario,
+    topic_settings,
+    totals_differences,
+    verdict_differences,
+    wait_done,
+    with_sample_ids,
+)
+from stream_app import simulate
+from stream_app.broker import start_broker, stop_broker
+from stream_app.producer import ensure_topics
+
+
+def run_crash_recovery(
+    bootstrap: str,
+    workdir: Path,
+    *,
+    events: int,
+    kills: int,
+    seed: int,
+    services: int = 6,
+    partitions: int = 4,
+    sample_ids: bool = False,
+    kill_window: tuple[float, float] = (0.05, 0.9),
+    timeout: float = 3600.0,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Run the comparison and return its result (see the module docstring)."""
+    t_start = time.monotonic()
+    scenario = stream_scenario(seed, events, services, partitions=partitions)
+    prefix = f"cr{seed}-{uuid.uuid4().hex[:6]}"
+    s_clean, env_clean = topic_settings(
+        bootstrap, prefix, f"{prefix}-clean", partitions=partitions, outputs=f"{prefix}.clean"
+    )
+    s_killed, env_killed = topic_settings(
+        bootstrap, prefix, f"{prefix}-killed", partitions=partitions, outputs=f"{prefix}.killed"
+    )
+    ref = RecordingPipeline()
+    stream = simulate.generate(scenario)
+    produced = produce(
+        s_clean, with_sample_ids(stream) if sample_ids else stream, into=Produced(), also=ref
+    )
+    ensure_topics(s_killed)
+    log(f"produced {produced.total} events {dict(produced.by_role)} in {produced.seconds:.1f} s")
+    names = s_clean.topic_names()
+    parts = input_partitions(bootstrap, [names["deployments"], names["telemetry"]])
+
+    clean = Worker(env_clean, workdir / "clean" / "data", "clean").start()
+    killed = Worker(env_killed, workdir / "killed" / "data", "killed").start()
+    result: dict[str, Any] = {
+        "seed": seed,
+        "events": produced.total,
+        "events_by_topic": dict(produced.by_role),
+        "services": [s.name for s in scenario.services],
+        "releases": len(scenario.releases),
+        "partitions": partitions,
+        "sample_ids": sample_ids,
+        "kills": [],
+    }
+    try:
+        clean.wait_ready()
+        killed.wait_ready()
+        t_run = time.monotonic()
+        rng = random.Random(seed)
+        lo, hi = kill_window
+        accepted_before_kills = 0.0
+        last_done = -1
+        for i, frac in enumerate(sorted(rng.uniform(lo, hi) for _ in range(kills))):
+            while True:
+                done, total, _ = group_progress(bootstrap, killed.env["VALUELOOP_APP_ID"], parts)
+                # Past this kill's point of the stream and past the previous kill's position.
+                if done >= max(frac * total, last_done + 1) or done >= total:
+                    break
+                assert killed.alive(), killed.tail()
+                time.sleep(0.5)
+            time.sleep(rng.uniform(0.0, 2.0))  # somewhere between two commits / snapshots
+            accepted = killed.metric("valueloop_samples_total", outcome="accepted")
+            replayed = killed.metric("valueloop_events_replayed_total")
+            accepted_before_kills += accepted
+            done, total, _ = group_progress(bootstrap, killed.env["VALUELOOP_APP_ID"], parts)
+            committed = committed_offsets(bootstrap, killed.env["VALUELOOP_APP_ID"], parts)
+            killed_at = time.time()
+            last_done = done
+            killed.kill()
+            t_kill = time.monotonic()
+            killed.start()
+            ready = killed.wait_ready()
+            log(f"kill {i + 1}: at {done}/{total} committed, ready again after {ready:.1f} s")
+            result["kills"].append(
+                {
+                    "committed_fraction": round(done / max(total, 1), 4),
+                    "accepted_samples_last_scrape": accepted,
+                    "replayed_skipped_last_scrape": replayed,
+                    "restart_ready_seconds": round(ready, 1),
+                    "at_seconds": round(t_kill - t_run, 1),
+                    "wall_time": killed_at,
+                    "committed_just_before": committed,
+                }
+            )
+        group = {w.name: w.env["VALUELOOP_APP_ID"] for w in (clean, killed)}
+        finished = {}
+        for w in (clean, killed):
+            wait_done(bootstrap, group[w.name], parts, [w], timeout=timeout, log=log)
+            finished[w.name] = round(time.monotonic() - t_run, 1)
+        totals = {w.name: w.totals() for w in (clean, killed)}
+        counters = {
+            w.name: {
+                o: w.metric("valueloop_samples_total", outcome=o)
+                for o in ("accepted", "late", "duplicate")
+            }
+            for w in (clean, killed)
+        }
+        restored = killed.metric("valueloop_state_restored_services_total")
+        skipped = killed.metric("valueloop_events_replayed_total")
+        # Where totals differ, which buckets and which input messages (while both still run).
+        diagnosis = []
+        for d in totals_differences(totals["clean"], totals["killed"])[:4]:
+            if "series" not in d:
+                continue
+            stream, _, scope = d["series"].partition("/")
+            buckets = bucket_diffs(clean, killed, d["service"], d["series"])
+            for idx, *_ in buckets[:2]:
+                d.setdefault("messages", []).append(
+                    find_samples(
+                        bootstrap, names["telemetry"], d["service"], stream, scope, int(idx), 60.0
+                    )
+                )
+            d["buckets"] = buckets[:10]
+            diagnosis.append(d)
+    finally:
+        for w in (clean, killed):
+            w.stop()
+    records = {
+        "clean": read_topic(bootstrap, s_clean.topic_impact),
+        "killed": read_topic(bootstrap, s_killed.topic_impact),
+    }
+    latest = {k: latest_verdicts(v) for k, v in records.items()}
+    ref_verdicts, ref_totals = ref.result()
+    final, interim = ("final",), ("interim",)
+    diffs = {
+        "verdicts_killed_vs_clean": verdict_differences(latest["clean"], latest["killed"], final),
+        "interim_killed_vs_clean": verdict_differences(latest["clean"], latest["killed"], interim),
+        "totals_killed_vs_clean": totals_differences(totals["clean"], totals["killed"]),
+        "verdicts_clean_vs_replay": verdict_differences(ref_verdicts, latest["clean"], final),
+        # Reported, not failed on: the worker reads the small deployments topic ahead of the
+        # telemetry, so an interim look may already know a later overlapping release.
+        "interim_clean_vs_replay": verdict_differences(ref_verdicts, latest["clean"], interim),
+        "totals_clean_vs_replay": totals_differences(ref_totals, totals["clean"]),
+    }
+    finals = sum(1 for k in latest["clean"] if k[2] == "final")
+    result.update(
+        {
+            "verdicts": {k: len(v) for k, v in latest.items()},
+            "final_verdicts": finals,
+            "replay_verdicts": len(ref_verdicts),
+            "impact_records": {k: len(v) for k, v in records.items()},
+            "re_emitted_verdicts": {k: duplicate_emissions(v) for k, v in records.items()},
+            "series_compared": sum(len(v) for v in ref_totals.values()),
+            "samples_counter": counters,
+            "accepted_samples_all_incarnations": accepted_before_kills
+            + counters["killed"]["accepted"],
+            "state_restored_services_last_incarnation": restored,
+            "seconds": {
+                "to_end": finished,
+                "total": round(time.monotonic() - t_start, 1),
+                "produce": round(produced.seconds, 1),
+            },
+            "differences": {k: len(v) for k, v in diffs.items()},
+            "difference_details": {k: v[:50] for k, v in diffs.items()},
+            "logs": {w.name: str(w.log) for w in (clean, killed)},
+            "replayed_events_skipped_last_incarnation": skipped,
+            "deadletters": {
+                "clean": deadletter_reasons(bootstrap, s_clean.topic_deadletter),
+                "killed": deadletter_reasons(bootstrap, s_killed.topic_deadletter),
+            },
+            "diagnosis": diagnosis,
+            "changelog": {
+                service: changelog_offsets(bootstrap, killed.env["VALUELOOP_APP_ID"], service)
+                for service in sorted({d["service"] for d in diagnosis})
+            },
+        }
+    )
+    return result
+
+
+def summary(r: dict[str, Any]) -> str:
+    """The one-line summary of a result."""
+    d = r["differences"]
+    return (
+        f"crash_recovery seed={r['seed']} events={r['events']} kills={len(r['kills'])} "
+        f"verdicts={r['verdicts']['clean']} (final {r['final_verdicts']}) "
+        f"series={r['series_compared']} "
+        f"diff killed-vs-clean: final={d['verdicts_killed_vs_clean']} "
+        f"interim={d['interim_killed_vs_clean']} totals={d['totals_killed_vs_clean']}; "
+        f"clean-vs-replay: final={d['verdicts_clean_vs_replay']} "
+        f"interim={d['interim_clean_vs_replay']} totals={d['totals_clean_vs_replay']}; "
+        f"to end {r['seconds']['to_end']} s, total {r['seconds']['total']} s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=1_000_000, help="at least this many events")
+    ap.add_argument("--kills", type=int, default=5, help="SIGKILLs of the killed worker")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--services", type=int, default=6)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--sample-ids", action="store_true", help="give every sample an event id")
+    ap.add_argument("--bootstrap", help="use this broker (default: start one of our own)")
+    ap.add_argument("--workdir", type=Path, help="default: a new temporary directory")
+    ap.add_argument("--out", type=Path, help="result JSON (default: <workdir>/result.json)")
+    args = ap.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crash-recovery-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    broker_dir = workdir / "broker-data"
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        bootstrap = start_broker(
+            broker_dir, heap="768m", timeout=120, die_with_parent=True
+        ).bootstrap
+    try:
+        result = run_crash_recovery(
+            bootstrap,
+            workdir,
+            events=args.events,
+            kills=args.kills,
+            seed=args.seed,
+            services=args.services,
+            partitions=args.partitions,
+            sample_ids=args.sample_ids,
+        )
+    finally:
+        if args.bootstrap is None:
+            stop_broker(broker_dir)
+    out = args.out or workdir / "result.json"
+    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(summary(result))
+    print(f"result: {out}")
+    return 1 if failed(result) else 0
+
+
+def failed(result: dict[str, Any]) -> list[str]:
+    """The difference kinds that fail the comparison (all but the interim-vs-replay report)."""
+    return [k for k, n in result["differences"].items() if n and k != "interim_clean_vs_replay"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -328,10 +328,15 @@ def _advice(results: dict[str, Any], table: list[Row]) -> list[str]:
             "- **Pipeline.** The worker handles each Kafka message as a Python object through "
             "aiokafka, faust's stream, ack and offset machinery and the asyncio loop (the "
             "faust / aiokafka / asyncio rows of the worker profile); the pure core's share is the "
-            "`stream_app/core` row. What would move it: a batched intake (faust `take`, "
-            "`Pipeline.handle_many`: one core call per batch), fewer awaits per message, or an "
-            "intake on confluent-kafka's batch `consume` (the floor row) instead of per-message "
-            "faust events; beyond one core, more worker processes (the scale rows)."
+            "`stream_app/core` row. The intake is already batched (faust `noack_take`, one "
+            "checkpoint every 2 s), yet faust still moves each message on its own: its fetch loop "
+            "awaits `wait_first(callback(message), suspend_flow.wait())` per message (two tasks "
+            "and an `asyncio.wait`), then the conductor, the channel queue and the stream's "
+            "processors each await again, so every message costs several event-loop turns (the "
+            "asyncio / selectors row). What would move it: an intake on confluent-kafka's batch "
+            "`consume` (the floor row) feeding `Pipeline.handle_many`, or a faust fetch loop that "
+            "hands whole fetched batches to the agent; beyond one core, more worker processes "
+            "(the scale rows)."
         )
         prof = _get(f, "pipeline", "profile") or {}
         snap = sum(

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,26 @@ def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     return out
 
 
+def _cleanup_on_signals() -> Callable[[], None]:
+    """SIGTERM (and SIGINT, even when a background shell ignored it) clean up like Ctrl-C.
+
+    Returns a function that puts the previous handlers back. Outside the main thread: no change.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -181,6 +202,7 @@ def run_demo(
     started_broker = False
     collector: VerdictCollector | None = None
     env = {k: v for k, v in os.environ.items() if not k.startswith("VALUELOOP_")}
+    restore_signals = _cleanup_on_signals()
     try:
         # 1. Kafka
         if settings.kafka_bootstrap_servers:
@@ -308,6 +330,7 @@ def run_demo(
             stop_broker(workdir)
         if not keep_running:
             shutil.rmtree(workdir, ignore_errors=True)
+        restore_signals()
 
 
 def start_prometheus(

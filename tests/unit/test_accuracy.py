@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing
-import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
@@ -101,12 +98,9 @@ def _judge_seed(seed: int) -> list[Pair]:
 @pytest.fixture(scope="module")
 def pairs() -> list[Pair]:
     """Every (release, KPI) of the accuracy scenarios of SEEDS, judged once per module."""
-    workers = min(len(SEEDS), os.cpu_count() or 1)
-    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [p for seed in SEEDS for p in _judge_seed(seed)]
-    # fork: the children inherit the imported modules, nothing but a seed needs pickling in.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return [p for chunk in pool.map(_judge_seed, SEEDS) for p in chunk]
+    # One by one: a forked pool inherits whatever the earlier tests left in this process (Kafka
+    # client threads, a browser driver) and its children died of it in CI.
+    return [p for seed in SEEDS for p in _judge_seed(seed)]
 
 
 def is_degradation(t: TruthRecord) -> bool:

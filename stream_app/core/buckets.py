@@ -385,14 +385,9 @@ class ServiceBuckets:
             return "invalid-value"  # a value with no observation behind it
         width = layout.bucket_seconds
         idx = math.floor(time / width)
+        if (idx + 1) * width <= self.watermark:  # the fast path in `add` inlines this
+            return "late"
         newest = self.max_time
-        if newest is not None:  # inlined `watermark`
-            wm = newest - self.lateness
-            flushed = self.flushed_to
-            if flushed is not None and flushed > wm:
-                wm = flushed
-            if (idx + 1) * width <= wm:
-                return "late"
         scopes = [""]
         if labels and self.scope_labels:
             names = self._scope_names

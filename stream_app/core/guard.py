@@ -37,7 +37,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import orjson
 
@@ -54,16 +54,7 @@ GuardReason = Literal[
     "too-many-kpis",
     "duplicate",
 ]
-GUARD_REASONS: tuple[GuardReason, ...] = (
-    "time-in-past",
-    "time-in-future",
-    "unknown-service",
-    "out-of-scope",
-    "unknown-stream",
-    "too-many-services",
-    "too-many-kpis",
-    "duplicate",
-)
+GUARD_REASONS: tuple[GuardReason, ...] = get_args(GuardReason)
 MIN_EVENT_TIME = 946684800.0  # 2000-01-01T00:00:00Z
 Event = Release | KpiSample | WorkflowEvent | Incident
 

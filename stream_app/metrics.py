@@ -68,6 +68,12 @@ class Metrics:
             " (re-delivered after a crash or a rebalance).",
             registry=r,
         )
+        self.stale_skipped = Counter(
+            "valueloop_events_stale_total",
+            "Input events fetched before a rebalance and still buffered after it: neither"
+            " applied nor acked; read again from the committed offset.",
+            registry=r,
+        )
         self.samples = Counter(
             "valueloop_samples_total",
             "KPI samples by what the bucket store did with them (accepted, late, ...).",

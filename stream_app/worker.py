@@ -11,7 +11,7 @@ from aiohttp import web
 from faust.web import Request, Response, View
 
 from stream_app.agents.debug import broker_reachable, register_debug_pages
-from stream_app.agents.intake import Checkpoint, register_intake
+from stream_app.agents.intake import Checkpoint, register_intake, rewind_uncommitted
 from stream_app.agents.state import ServiceStateTable
 from stream_app.app import build_app
 from stream_app.codec import Decoded
@@ -107,10 +107,15 @@ def build_worker_app(
     def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         metrics.ready.set(1.0)
 
-    def on_recovered(sender: Any, *args: Any, **kwargs: Any) -> None:
-        # Tables are recovered and input not yet resumed: load every service of our partitions.
+    async def on_recovered(sender: Any, *args: Any, **kwargs: Any) -> None:
+        # Tables are recovered and input not yet resumed: load every service of our partitions,
+        # and make sure every input partition is read again from its committed offset.
         mine = {tp.partition for tp in app.consumer.assignment() if tp.topic in checkpointed}
         state.restore_partitions(mine)
+        try:
+            await rewind_uncommitted(app, set(roles_by_topic))
+        except Exception as exc:  # the broker went away mid-rebalance: faust rejoins and retries
+            log.warning("could not rewind the uncommitted input partitions: %r", exc)
 
     async def on_revoked(sender: Any, revoked: Any = (), *args: Any, **kwargs: Any) -> None:
         await checkpoint.run(app, state.flush)

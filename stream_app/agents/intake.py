@@ -8,6 +8,7 @@ snapshots covering them were handed to the producer. See stream_app/agents/state
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ from stream_app.settings import Settings
 # The core's handler: (event, topic, partition, offset) -> what it did, or None when the event's
 # effect is already in the restored state (a replay after a crash or a rebalance).
 Handler = Callable[[Decoded, str, int, int], Step | None]
+Send = tuple[Any, bytes | None, bytes, Any]  # (topic, key, value, headers)
+
+log = logging.getLogger(__name__)
 
 DETAIL_LIMIT = 1000
 BATCH_MAX = 2000  # events per batch
@@ -89,21 +93,30 @@ def register_intake(
     role_of_topic: dict[str, Role] = {names[r]: r for _, roles in AGENT_ROLES for r in roles}
     max_bytes = settings.max_message_bytes
 
-    def run_batch(events: list[Any]) -> list[tuple[Any, bytes | None, bytes, Any]]:
-        """Decode and apply a batch (no awaits: a checkpoint sees all of it or none)."""
-        sends: list[tuple[Any, bytes | None, bytes, Any]] = []
+    def run_batch(events: list[Any]) -> tuple[list[Send], list[Any]]:
+        """Decode and apply a batch (no awaits: a checkpoint sees all of it or none).
+
+        Returns what to send and the events to ack at the next checkpoint: every event except
+        those fetched under an earlier assignment, which are neither applied nor acked.
+        """
+        sends: list[Send] = []
+        done: list[Any] = []
         assigned = app.consumer.assignment()
         generation = app.consumer_generation_id
         outcomes: Counter[str] = Counter()
         accepted: Counter[str] = Counter()
+        stale = 0
         for event in events:
             msg = event.message
             if msg.generation_id != generation or msg.tp not in assigned:
-                # Fetched under an earlier assignment and still buffered: skip it unacked. Its
-                # partition's owner (maybe this worker again) re-reads it from the committed
-                # offset; applying it now could leave a hole before it that the offset check
-                # would later take for a replay.
+                # Fetched under an earlier assignment and still buffered: neither applied nor
+                # acked. Every rebalance rewinds the partitions to their committed offset (see
+                # `rewind_uncommitted`), so its owner (maybe this worker again) reads it again in
+                # order; applying it now could leave a hole before it that the offset check would
+                # later take for a replay, and acking it could commit past unapplied input.
+                stale += 1
                 continue
+            done.append(event)
             role = role_of_topic[msg.topic]
             decoded = decode(role, msg.value, header_list(msg.headers), max_bytes=max_bytes)
             if isinstance(decoded, Rejected):
@@ -133,7 +146,10 @@ def register_intake(
             metrics.samples.labels(outcome).inc(n)
         for name, n in accepted.items():
             metrics.accepted(name, n)
-        return sends
+        if stale:
+            metrics.stale_skipped.inc(stale)
+            log.info("skipped %d events fetched before the last rebalance (read again)", stale)
+        return sends, done
 
     async def process(stream: faust.StreamT[Any]) -> None:
         # noack_take is faust's take() without the ack: its stub in StreamT is missing.
@@ -141,11 +157,29 @@ def register_intake(
         async for batch in batches:
             events = list(batch)
             async with checkpoint.lock:
-                sends = run_batch(events)
+                sends, done = run_batch(events)
                 for topic, key, value, headers in sends:
                     await topic.send(key=key, value=value, headers=headers)
-                checkpoint.pending.append((stream, events))
+                checkpoint.pending.append((stream, done))
 
     for agent_name, roles in AGENT_ROLES:
         source = app.topic(*(names[r] for r in roles), partitions=settings.topic_partitions)
         app.agent(source, name=agent_name)(process)
+
+
+async def rewind_uncommitted(app: faust.App, topics: set[str]) -> int:
+    """Seek the assigned input partitions the group never committed to their earliest offset.
+
+    Called when a rebalance completes, before input resumes. faust seeks the partitions to their
+    committed offsets, but aiokafka's `seek_to_committed` leaves a partition without a committed
+    offset (or at 0) where its fetcher was: input that was in flight across the rebalance (and
+    skipped as stale by the intake) would never be read again. Returns how many were rewound.
+    """
+    consumer: Any = app.consumer  # ConsumerT lacks seek_to_committed (faust.transport has it)
+    committed = await consumer.seek_to_committed()
+    fresh = [tp for tp, offset in committed.items() if tp.topic in topics and not offset]
+    if not fresh:
+        return 0
+    earliest = await consumer.earliest_offsets(*fresh)
+    await consumer.seek_wait({tp: earliest.get(tp, 0) for tp in fresh})
+    return len(fresh)

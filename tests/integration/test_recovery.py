@@ -9,20 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-import pytest
 
 from bench.crash_recovery import failed, run_crash_recovery, summary
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known bug (issue 6 stays open): input buffered across a rebalance can be skipped"
-        " and not re-read on a partition with no committed offset, or applied after a"
-        " skipped earlier offset (one sample lost); the fix needs per-partition"
-        " contiguity with a seek back"
-    ),
-)
 def test_sigkilled_worker_ends_with_the_same_verdicts_and_bucket_totals(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:

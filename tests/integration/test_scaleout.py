@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 
 import orjson
-import pytest
 
 from bench._recovery_harness import (
     RecordingPipeline,
@@ -39,15 +38,6 @@ from stream_app.settings import Settings
 PARTITIONS = 6
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known bug (issue 6 stays open): input buffered across a rebalance can be skipped"
-        " and not re-read on a partition with no committed offset, or applied after a"
-        " skipped earlier offset (one sample lost); the fix needs per-partition"
-        " contiguity with a seek back"
-    ),
-)
 def test_one_two_three_workers_agree_and_a_killed_workers_partitions_move(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:

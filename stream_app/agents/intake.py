@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,27 +82,33 @@ class Checkpoint:
                     await stream.ack(event)
 
 
-def register_intake(
-    app: faust.App, settings: Settings, metrics: Metrics, handle: Handler, checkpoint: Checkpoint
-) -> None:
-    """Register the input agents: decode -> core (`handle`) -> emit verdicts / dead letters."""
-    deadletter = app.topic(settings.topic_deadletter, partitions=settings.topic_partitions)
-    impact = app.topic(settings.topic_impact, partitions=settings.topic_partitions)
-    ledger = app.topic(settings.topic_ledger, partitions=settings.topic_partitions)
-    names = settings.topic_names()
-    role_of_topic: dict[str, Role] = {names[r]: r for _, roles in AGENT_ROLES for r in roles}
-    max_bytes = settings.max_message_bytes
+@dataclass
+class BatchRunner:
+    """Decodes and applies one batch of input events (no awaits: a checkpoint sees all or none).
 
-    def run_batch(events: list[Any]) -> tuple[list[Send], list[Any]]:
-        """Decode and apply a batch (no awaits: a checkpoint sees all of it or none).
+    Edges: `handle` is the core, the topics are where verdicts, ledger entries and dead letters
+    go (whatever `send` the caller does with them), `untrack` tells the consumer a message will
+    never be acked.
+    """
 
-        Returns what to send and the events to ack at the next checkpoint: every event except
-        those fetched under an earlier assignment, which are neither applied nor acked.
-        """
+    handle: Handler
+    metrics: Metrics
+    role_of_topic: Mapping[str, Role]
+    impact: Any
+    ledger: Any
+    deadletter: Any
+    max_bytes: int
+    untrack: Callable[[Any], None] = lambda _msg: None
+
+    def __call__(
+        self, events: list[Any], assigned: Container[Any], generation: int
+    ) -> tuple[list[Send], list[Any]]:
+        """What to send, and the events to ack at the next checkpoint: every event except those
+        fetched under an earlier assignment (not `generation`, or not in `assigned`), which are
+        neither applied nor acked."""
+        metrics, impact, ledger = self.metrics, self.impact, self.ledger
         sends: list[Send] = []
         done: list[Any] = []
-        assigned = app.consumer.assignment()
-        generation = app.consumer_generation_id
         outcomes: Counter[str] = Counter()
         accepted: Counter[str] = Counter()
         stale = 0
@@ -115,14 +121,15 @@ def register_intake(
                 # order; applying it now could leave a hole before it that the offset check would
                 # later take for a replay, and acking it could commit past unapplied input.
                 stale += 1
+                self.untrack(msg)
                 continue
             done.append(event)
-            role = role_of_topic[msg.topic]
-            decoded = decode(role, msg.value, header_list(msg.headers), max_bytes=max_bytes)
+            role = self.role_of_topic[msg.topic]
+            decoded = decode(role, msg.value, header_list(msg.headers), max_bytes=self.max_bytes)
             if isinstance(decoded, Rejected):
                 reason, detail = decoded.reason, decoded.detail
             else:
-                step = handle(decoded, msg.topic, msg.partition, msg.offset)
+                step = self.handle(decoded, msg.topic, msg.partition, msg.offset)
                 if step is None:
                     metrics.replayed_skipped.inc()
                     continue
@@ -140,7 +147,7 @@ def register_intake(
                     continue
                 reason, detail = step.outcome, f"the core refused the {role} event: {step.outcome}"
             headers = deadletter_headers(msg, role, reason, detail)
-            sends.append((deadletter, msg.key, msg.value or b"", headers))
+            sends.append((self.deadletter, msg.key, msg.value or b"", headers))
             metrics.rejected(role, reason)
         for outcome, n in outcomes.items():
             metrics.samples.labels(outcome).inc(n)
@@ -151,16 +158,44 @@ def register_intake(
             log.info("skipped %d events fetched before the last rebalance (read again)", stale)
         return sends, done
 
+
+def register_intake(
+    app: faust.App, settings: Settings, metrics: Metrics, handle: Handler, checkpoint: Checkpoint
+) -> None:
+    """Register the input agents: decode -> core (`handle`) -> emit verdicts / dead letters."""
+    names = settings.topic_names()
+
+    def untrack(msg: Any) -> None:
+        """Stop faust from waiting for the ack of a message that will never be acked."""
+        unacked = getattr(app.consumer, "_unacked_messages", None)
+        if unacked is not None:
+            unacked.discard(msg)
+
+    run_batch = BatchRunner(
+        handle,
+        metrics,
+        {names[r]: r for _, roles in AGENT_ROLES for r in roles},
+        impact=app.topic(settings.topic_impact, partitions=settings.topic_partitions),
+        ledger=app.topic(settings.topic_ledger, partitions=settings.topic_partitions),
+        deadletter=app.topic(settings.topic_deadletter, partitions=settings.topic_partitions),
+        max_bytes=settings.max_message_bytes,
+        untrack=untrack,
+    )
+
     async def process(stream: faust.StreamT[Any]) -> None:
         # noack_take is faust's take() without the ack: its stub in StreamT is missing.
         batches = stream.noack_take(BATCH_MAX, within=BATCH_WITHIN)  # type: ignore[attr-defined]
         async for batch in batches:
             events = list(batch)
             async with checkpoint.lock:
-                sends, done = run_batch(events)
+                assigned = app.consumer.assignment()
+                sends, done = run_batch(events, assigned, app.consumer_generation_id)
                 for topic, key, value, headers in sends:
                     await topic.send(key=key, value=value, headers=headers)
                 checkpoint.pending.append((stream, done))
+            # No reference to a stale (never acked) event may outlive the batch: faust's
+            # rebalance waits until every message it delivered is acked or garbage.
+            del batch, events
 
     for agent_name, roles in AGENT_ROLES:
         source = app.topic(*(names[r] for r in roles), partitions=settings.topic_partitions)

@@ -1,0 +1,86 @@
+"""BatchRunner: what one input batch does, decided without Kafka or faust.
+
+Stale input (fetched under an earlier consumer generation, or of a partition no longer assigned)
+is neither applied nor acked: the partition's owner reads it again from the committed offset.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP
+
+from stream_app.agents.intake import BatchRunner
+from stream_app.codec import Decoded, KpiSample, encode
+from stream_app.metrics import Metrics
+from stream_app.pipeline import Step
+
+TOPIC = "telemetry"
+T0 = 1764064800.0
+
+
+def event(offset: int, generation: int, partition: int = 0, value: bytes | None = None) -> Any:
+    sample = KpiSample("checkout", "orders", T0 + offset, 1.0)
+    msg = SimpleNamespace(
+        topic=TOPIC,
+        partition=partition,
+        offset=offset,
+        tp=TP(TOPIC, partition),
+        generation_id=generation,
+        key=b"checkout",
+        value=encode(sample) if value is None else value,
+        headers=[],
+    )
+    return SimpleNamespace(message=msg)
+
+
+class Recorder:
+    def __init__(self, replayed: frozenset[int] = frozenset()) -> None:
+        self.seen: list[int] = []
+        self.replayed = replayed
+
+    def __call__(self, ev: Decoded, topic: str, partition: int, offset: int) -> Step | None:
+        if offset in self.replayed:
+            return None
+        self.seen.append(offset)
+        return Step([], "accepted", ev.service)
+
+
+def runner(handle: Recorder, metrics: Metrics, untracked: list[Any]) -> BatchRunner:
+    return BatchRunner(
+        handle,
+        metrics,
+        {TOPIC: "telemetry"},
+        impact="impact",
+        ledger="ledger",
+        deadletter="deadletter",
+        max_bytes=1_000_000,
+        untrack=untracked.append,
+    )
+
+
+def test_stale_events_are_neither_applied_nor_acked() -> None:
+    handle, metrics, untracked = Recorder(), Metrics(), list[Any]()
+    run = runner(handle, metrics, untracked)
+    events = [event(0, 1), event(1, 1), event(2, 2), event(3, 2), event(4, 2, partition=1)]
+    sends, done = run(events, {TP(TOPIC, 0)}, generation=2)
+    assert handle.seen == [2, 3]  # generation 1 and the unassigned partition 1 are skipped
+    assert [e.message.offset for e in done] == [2, 3]
+    assert sends == []
+    assert [m.offset for m in untracked] == [0, 1, 4]  # faust must not wait for their acks
+    assert metrics.stale_skipped._value.get() == 3
+
+
+def test_replays_and_dead_letters_are_acked() -> None:
+    handle, metrics, untracked = Recorder(replayed=frozenset({1})), Metrics(), list[Any]()
+    run = runner(handle, metrics, untracked)
+    events = [event(0, 5), event(1, 5), event(2, 5, value=b"{not json")]
+    sends, done = run(events, {TP(TOPIC, 0)}, generation=5)
+    assert [e.message.offset for e in done] == [0, 1, 2]  # all acked: nothing to read again
+    assert handle.seen == [0]
+    assert metrics.replayed_skipped._value.get() == 1
+    assert [(topic, key) for topic, key, _, _ in sends] == [("deadletter", b"checkout")]
+    headers = dict(sends[0][3])
+    assert headers["valueloop.source.offset"] == b"2"
+    assert untracked == []

@@ -7,18 +7,17 @@ test_broker_restart and test_scaleout. Everything talks to a real broker; worker
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
-import os
 import signal
 import subprocess
-import sys
+import tempfile
 import time
-import urllib.error
-import urllib.request
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,10 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 
+from bench import _workerproc as workerproc
+from bench._workerproc import free_port
 from stream_app import codec, simulate
+from stream_app.broker import start_broker, stop_broker
 from stream_app.core.catalog import load_catalog
 from stream_app.pipeline import Pipeline
 from stream_app.producer import Sender, ensure_topics
@@ -65,6 +67,58 @@ FAST_FAILOVER_ENV = {
     "BROKER_HEARTBEAT_INTERVAL": "2",
     "BROKER_REBALANCE_TIMEOUT": "20",
 }
+
+
+# --------------------------------------------------------------------------- broker
+
+
+@contextmanager
+def own_broker(bootstrap: str | None, workdir: Path) -> Iterator[str]:
+    """`bootstrap` when given; else a local KRaft broker of our own (data in
+    `workdir/broker-data`, killed with this process) that is stopped on the way out."""
+    if bootstrap is not None:
+        yield bootstrap
+        return
+    broker_dir = workdir / "broker-data"
+    info = start_broker(broker_dir, heap="768m", timeout=120, die_with_parent=True)
+    try:
+        yield info.bootstrap
+    finally:
+        stop_broker(broker_dir)
+
+
+def add_run_args(ap: argparse.ArgumentParser) -> None:
+    """--bootstrap and --workdir, as `run_main` reads them."""
+    ap.add_argument("--bootstrap", help="use this broker (default: start one of our own)")
+    ap.add_argument("--workdir", type=Path, help="default: a new temporary directory")
+
+
+def run_main(
+    args: argparse.Namespace,
+    prefix: str,
+    run: Callable[..., dict[str, Any]],
+    *,
+    summary: Callable[[dict[str, Any]], str],
+    failed: Callable[[dict[str, Any]], object],
+) -> int:
+    """The rest of a harness command after parsing its arguments.
+
+    Its work dir is `args.workdir`, else a new temporary one named `prefix...`; its broker
+    `own_broker(args.bootstrap, workdir)`. Calls `run(bootstrap, workdir, **options)`, the options
+    being every other argument but `out` (so argparse dests are named as `run`'s keyword
+    parameters), writes the result as JSON to `args.out` (when the command has it and it is given;
+    else <workdir>/result.json) and prints its summary line. Exit status 1 when `failed(result)`.
+    """
+    options = {k: v for k, v in vars(args).items() if k not in ("bootstrap", "workdir", "out")}
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.mkdir(parents=True, exist_ok=True)
+    with own_broker(args.bootstrap, workdir) as bootstrap:
+        result = run(bootstrap, workdir, **options)
+    path = getattr(args, "out", None) or workdir / "result.json"
+    path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(summary(result))
+    print(f"result: {path}")
+    return 1 if failed(result) else 0
 
 
 # --------------------------------------------------------------------------- streams
@@ -249,25 +303,12 @@ def produce(
 # --------------------------------------------------------------------------- worker processes
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the forked child before exec: Linux SIGKILLs it when the harness process dies."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-
-
 @dataclass
 class Worker:
-    """A `valueloop worker` process (own process group) with its HTTP port and data dir."""
+    """A `valueloop worker` process (own process group) with its HTTP port and data dir.
+
+    Restartable (same data dir and app id); the process handling is bench/_workerproc.py's.
+    """
 
     env: dict[str, str]
     data_dir: Path
@@ -285,22 +326,13 @@ class Worker:
         self.starts += 1
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = self.data_dir.parent / f"{self.name}-{self.starts}.log"
-        env = {
-            **os.environ,
-            **FAST_FAILOVER_ENV,
-            **self.env,
-            "VALUELOOP_METRICS_PORT": str(self.port),
-            "VALUELOOP_DATA_DIR": str(self.data_dir),
-        }
-        with self.log.open("wb") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream_app", "worker"],
-                env=env,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,  # a harness killed by a timeout leaves no worker
-            )
+        self.proc = workerproc.spawn(
+            {**FAST_FAILOVER_ENV, **self.env},
+            self.log,
+            port=self.port,
+            data_dir=self.data_dir,
+            die_with_parent=True,  # a harness killed by a timeout leaves no worker
+        )
         self.started_at = time.monotonic()
         return self
 
@@ -312,55 +344,35 @@ class Worker:
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         """HTTP GET on the worker's page; (status, body)."""
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.port}{path}", timeout=timeout
-            ) as r:
-                return int(r.status), r.read()
-        except urllib.error.HTTPError as e:
-            return int(e.code), e.read()
+        return workerproc.http_get(self.port, path, timeout)
 
     def try_get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes] | None:
-        try:
-            return self.get(path, timeout)
-        except (urllib.error.URLError, ConnectionError, OSError):
-            return None
+        return workerproc.try_get(self.port, path, timeout)
 
     def wait_ready(self, timeout: float = 180.0) -> float:
         """Wait until /health answers 200; returns seconds since the process started."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise AssertionError(f"{self.name} exited:\n{self.tail()}")
-            got = self.try_get("/health")
-            if got is not None and got[0] == 200:
-                return time.monotonic() - self.started_at
-            time.sleep(0.3)
-        raise AssertionError(f"{self.name} not ready in {timeout:.0f} s:\n{self.tail()}")
+        assert self.proc is not None, f"{self.name} not started"
+        workerproc.wait_healthy(
+            self.proc, self.port, timeout=timeout, tail=self.tail, name=self.name
+        )
+        return time.monotonic() - self.started_at
+
+    def _exposition(self) -> str:
+        got = self.try_get("/metrics")
+        return got[1].decode() if got is not None and got[0] == 200 else ""
 
     def samples(self) -> dict[str, float]:
         """Prometheus samples of /metrics as {'name{k="v",...}': value} (empty when unreachable)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        got = self.try_get("/metrics")
-        if got is None or got[0] != 200:
-            return {}
         out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(got[1].decode()):
-            for s in fam.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-                out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+        for name, labels, value in workerproc.parse_samples(self._exposition()):
+            text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+            out[f"{name}{{{text}}}" if text else name] = value
         return out
 
     def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of `name` whose labels include `labels` (0.0 when none)."""
-        want = [f'{k}="{v}"' for k, v in labels.items()]
-        total = 0.0
-        for key, v in self.samples().items():
-            base, _, rest = key.partition("{")
-            if base == name and all(w in rest for w in want):
-                total += v
-        return total
+        """Sum of the samples of `name` whose labels include `labels` (0.0 when none or when the
+        worker does not answer)."""
+        return workerproc.metric_value(self._exposition(), name, **labels)
 
     def totals(self) -> Totals:
         status, body = self.get("/state/totals", timeout=60)
@@ -370,13 +382,8 @@ class Worker:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the worker's whole process group (by its pid) and reap it."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        if self.proc is not None:
+            workerproc.stop_group(self.proc, sig, 30.0)
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)

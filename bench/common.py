@@ -6,12 +6,10 @@ import json
 import os
 import platform
 import random
-import socket
+import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,11 +19,12 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench._workerproc import BOOTSTRAP_ENV, WorkerProc, launch
+from bench._workerproc import free_port as free_port  # re-exported
 from stream_app import codec
 from stream_app.events.model import KpiSample, Release
 
 REPO = Path(__file__).resolve().parent.parent
-BOOTSTRAP_ENV = "VALUELOOP_KAFKA_BOOTSTRAP_SERVERS"
 START = 1717480800.0  # Tuesday 2024-06-04 06:00 UTC: event time of the first sample
 # The sample streams of the bundled catalog (stream_app/data/kpis.toml), one sample each per
 # service, region and minute, as a shop's telemetry exporter sends them.
@@ -253,100 +252,25 @@ class CommittedWatch:
 
 
 # ---------------------------------------------------------------------------- worker
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Worker(WorkerProc):
+    """A `valueloop worker` subprocess (stopped by its pid; bench/_workerproc.py)."""
 
-
-@dataclass
-class Worker:
-    """A `valueloop worker` subprocess (stopped by its pid)."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-                return int(r.status), r.read().decode()
-        except urllib.error.HTTPError as e:
-            return int(e.code), e.read().decode()
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of `name` whose labels include `labels` (0 when absent)."""
-        total = 0.0
-        for line in self.get("/metrics")[1].splitlines():
-            if not line.startswith(name) or line.startswith("#"):
-                continue
-            head, _, value = line.rpartition(" ")
-            metric, _, rest = head.partition("{")
-            if metric != name:
-                continue
-            if all(f'{k}="{v}"' in rest for k, v in labels.items()):
-                total += float(value)
-        return total
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
-
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
         """SIGTERM to its process group, SIGKILL after `timeout` (bench state is thrown away)."""
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        super().stop(sig, timeout)
 
 
 def start_worker(bootstrap: str, env: dict[str, str], workdir: Path, wait: bool = True) -> Worker:
     """Start `valueloop worker` (its own session, so it is stopped with its children)."""
-    port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / f"worker-{port}.log"
-    full_env = {
-        **os.environ,
-        **env,
-        BOOTSTRAP_ENV: bootstrap,
-        "VALUELOOP_METRICS_PORT": str(port),
-        "VALUELOOP_METRICS_HOST": "127.0.0.1",
-        "VALUELOOP_DATA_DIR": str(workdir / f"data-{port}"),
-    }
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_app", "worker"],
-            env=full_env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    w = Worker(proc, port, log)
+    w = launch(bootstrap, env, workdir, data="data-{port}", kind=Worker)
     if wait:
         wait_ready(w)
     return w
 
 
 def wait_ready(w: Worker, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not w.alive():
-            raise RuntimeError(f"worker exited {w.proc.returncode}:\n{w.tail()}")
-        try:
-            if w.get("/health")[0] == 200:
-                return
-        except (urllib.error.URLError, ConnectionError, OSError):
-            pass
-        time.sleep(0.1)
-    w.stop()
-    raise RuntimeError(f"worker not ready in {timeout:.0f} s:\n{w.tail()}")
+    """Wait until its /health answers 200; stops it and raises RuntimeError when not."""
+    w.wait_ready(timeout, error=RuntimeError, interval=0.1, stop_sig=signal.SIGTERM)
 
 
 # ---------------------------------------------------------------------------- probes

@@ -17,18 +17,16 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench._recovery_harness import (
     Produced,
     RecordingPipeline,
     Worker,
+    add_run_args,
     bucket_diffs,
     changelog_offsets,
     committed_offsets,
@@ -40,6 +38,7 @@ from bench._recovery_harness import (
     latest_verdicts,
     produce,
     read_topic,
+    run_main,
     stream_scenario,
     topic_settings,
     totals_differences,
@@ -48,7 +47,6 @@ from bench._recovery_harness import (
     with_sample_ids,
 )
 from stream_app import simulate
-from stream_app.broker import start_broker, stop_broker
 from stream_app.producer import ensure_topics
 
 
@@ -247,37 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--services", type=int, default=6)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--sample-ids", action="store_true", help="give every sample an event id")
-    ap.add_argument("--bootstrap", help="use this broker (default: start one of our own)")
-    ap.add_argument("--workdir", type=Path, help="default: a new temporary directory")
+    add_run_args(ap)
     ap.add_argument("--out", type=Path, help="result JSON (default: <workdir>/result.json)")
     args = ap.parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crash-recovery-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    broker_dir = workdir / "broker-data"
-    bootstrap = args.bootstrap
-    if bootstrap is None:
-        bootstrap = start_broker(
-            broker_dir, heap="768m", timeout=120, die_with_parent=True
-        ).bootstrap
-    try:
-        result = run_crash_recovery(
-            bootstrap,
-            workdir,
-            events=args.events,
-            kills=args.kills,
-            seed=args.seed,
-            services=args.services,
-            partitions=args.partitions,
-            sample_ids=args.sample_ids,
-        )
-    finally:
-        if args.bootstrap is None:
-            stop_broker(broker_dir)
-    out = args.out or workdir / "result.json"
-    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    print(summary(result))
-    print(f"result: {out}")
-    return 1 if failed(result) else 0
+    return run_main(args, "crash-recovery-", run_crash_recovery, summary=summary, failed=failed)
 
 
 def failed(result: dict[str, Any]) -> list[str]:

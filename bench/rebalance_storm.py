@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench._recovery_harness import (
     RecordingPipeline,
     Worker,
+    add_run_args,
     compact_scenario,
     group_progress,
     input_partitions,
@@ -34,13 +32,13 @@ from bench._recovery_harness import (
     merge_totals,
     produce,
     read_topic,
+    run_main,
     topic_settings,
     totals_differences,
     verdict_differences,
     wait_done,
 )
 from stream_app import simulate
-from stream_app.broker import start_broker, stop_broker
 
 # (action, worker): the storm's steps, one every `step_seconds` while input remains.
 PLAN: tuple[tuple[str, str], ...] = (
@@ -169,35 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--services", type=int, default=6)
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--step-seconds", type=float, default=4.0, help="between storm steps")
-    ap.add_argument("--bootstrap", help="use this broker (default: start one of our own)")
-    ap.add_argument("--workdir", type=Path, help="default: a new temporary directory")
+    add_run_args(ap)
     args = ap.parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rebalance-storm-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    broker_dir = workdir / "broker-data"
-    bootstrap = args.bootstrap
-    if bootstrap is None:
-        bootstrap = start_broker(
-            broker_dir, heap="768m", timeout=120, die_with_parent=True
-        ).bootstrap
-    try:
-        result = run_storm(
-            bootstrap,
-            workdir,
-            events=args.events,
-            seed=args.seed,
-            services=args.services,
-            partitions=args.partitions,
-            step_seconds=args.step_seconds,
-        )
-    finally:
-        if args.bootstrap is None:
-            stop_broker(broker_dir)
-    out = workdir / "result.json"
-    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    print(summary(result))
-    print(f"result: {out}")
-    return 1 if failed(result) else 0
+    return run_main(args, "rebalance-storm-", run_storm, summary=summary, failed=failed)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         default="",
-        help="comma-separated subset: floor,pipeline,latency,memory,replay,scale",
+        help="comma-separated subset: floor,pipeline,bad_input,latency,memory,replay,scale",
     )
     args = ap.parse_args(argv)
     size = QUICK if args.quick else FULL
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     run("memory", lambda: _memory(size))
     run("replay", lambda: _replay(size, work))
     broker = None
-    needs_kafka = not only or only & {"floor", "pipeline", "latency", "scale"}
+    needs_kafka = not only or only & {"floor", "pipeline", "bad_input", "latency", "scale"}
     try:
         if needs_kafka:
             try:
@@ -117,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
                 "pipeline",
                 lambda: runs.pipeline_backlog(
                     b, work / "pipeline", size.events, size.services, PARTITIONS, 900, size.profile
+                ),
+            )
+            # The same backlog with every second value bad: dead-lettering must not slow it down.
+            run(
+                "bad_input",
+                lambda: runs.pipeline_backlog(
+                    b, work / "bad", size.events, size.services, PARTITIONS, 900, bad_every=2
                 ),
             )
             run("latency", lambda: runs.verdict_latency(b, work / "latency", size.latency_releases))

@@ -90,6 +90,17 @@ def rows(results: dict[str, Any]) -> list[Row]:
         "events/s",
         ("aiokafka floor", aio),
     )
+    bad = _get(f, "bad_input", "per_s")
+    add(
+        "pipeline, every second event bad (dead-lettered), ready -> committed",
+        bad,
+        "events/s",
+        ("pipeline, all good", pipe),
+        (">= 0.8 x the all-good pipeline", lambda v: pipe is not None and v >= 0.8 * pipe),
+    )
+    dead = _get(f, "bad_input", "dead_lettered")
+    if dead is not None:
+        out[-1]["note"] = f"{dead:,.0f} dead letters, 9 classes of bad input"
     add(
         "verdict latency p50",
         _get(f, "latency", "p50_s"),

@@ -34,10 +34,30 @@ from stream_app.core.catalog import load_catalog
 from stream_app.events.model import KpiSample, Release
 
 
+def bad_values(service: str, t: float) -> list[bytes]:
+    """One telemetry value of each of several bad-input classes (every one is dead-lettered)."""
+    good = {"service": service, "kpi": "orders", "time": t, "value": 1.0}
+    return [
+        b"not json at all",
+        b"\xff\xfe\x00 invalid utf-8",
+        orjson.dumps(good)[:-9],  # truncated
+        orjson.dumps({**good, "value": "lots"}),  # wrong type
+        orjson.dumps({k: v for k, v in good.items() if k != "value"}),  # missing field
+        orjson.dumps(good).replace(b"1.0", b"NaN"),  # not a number
+        orjson.dumps({**good, "kpi": "no_such_kpi"}),  # not in the catalog
+        orjson.dumps({**good, "time": 0.0}),  # far in the past
+        orjson.dumps({**good, "labels": {f"l{i}": "x" for i in range(64)}}),  # too many labels
+    ]
+
+
 def load_topics(
-    bootstrap: str, prefix: str, n: int, services: int, partitions: int
+    bootstrap: str, prefix: str, n: int, services: int, partitions: int, bad_every: int = 0
 ) -> dict[str, Any]:
-    """Topics of a run, holding `n` telemetry events and one release per service."""
+    """Topics of a run, holding `n` telemetry events and one release per service.
+
+    With `bad_every` = k, every k-th telemetry value is replaced by a bad one (`bad_values`,
+    cycled), keyed by the service it replaces: those are dead-lettered, not counted.
+    """
     create_topics(bootstrap, prefix, partitions)
     topics = topic_names(prefix)
     samples = list(telemetry(n, services))
@@ -47,6 +67,11 @@ def load_topics(
     t0 = time.perf_counter()
     values = encoded(samples)
     encode_s = time.perf_counter() - t0
+    if bad_every:
+        for i in range(0, len(values), bad_every):
+            key, _ = values[i]
+            kinds = bad_values(samples[i].service, samples[i].time)
+            values[i] = (key, kinds[(i // bad_every) % len(kinds)])
     produce(bootstrap, topics["deployments"], encoded(releases_for(services, at)))
     produce_s = produce(bootstrap, topics["telemetry"], values)
     return {
@@ -57,6 +82,7 @@ def load_topics(
         "mean_bytes": sum(len(v) for _, v in values) / len(values),
         "encode_s": encode_s,
         "produce_per_s": n / produce_s,
+        "bad": len(range(0, n, bad_every)) if bad_every else 0,
     }
 
 
@@ -97,14 +123,16 @@ def pipeline_backlog(
     partitions: int,
     timeout: float,
     profile: bool = False,
+    bad_every: int = 0,
 ) -> dict[str, Any]:
     """One worker through `n` telemetry events already in the topic, until committed at the end.
 
     Timed from the moment the worker reports ready (/health: partitions assigned) to the first
-    look at the group's committed offsets that finds them at the end offsets.
+    look at the group's committed offsets that finds them at the end offsets. `bad_every`: see
+    `load_topics` (the bad-input run: does the worker keep its throughput?).
     """
     prefix = f"bench-pipe-{uuid.uuid4().hex[:8]}"
-    loaded = load_topics(bootstrap, prefix, n, services, partitions)
+    loaded = load_topics(bootstrap, prefix, n, services, partitions, bad_every)
     tel = topic_names(prefix)["telemetry"]
     ends = end_offsets(bootstrap, tel)
     app_id = f"{prefix}-app"
@@ -124,6 +152,7 @@ def pipeline_backlog(
             summary = recording.stop()
         verdicts = w.metric("valueloop_verdicts_total")
         accepted = w.metric("valueloop_samples_total", outcome="accepted")
+        rejected = w.metric("valueloop_events_rejected_total")
         rss = _rss_of(w)
     finally:
         if recording is not None and summary is None:
@@ -140,6 +169,7 @@ def pipeline_backlog(
         "worker_cpu_s": cpu1 - cpu0,
         "worker_cpu_share": (cpu1 - cpu0) / elapsed,
         "samples_accepted": accepted,
+        "dead_lettered": rejected,
         "verdict_records": verdicts,
         "worker_rss_bytes": rss,
     }

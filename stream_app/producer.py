@@ -147,6 +147,22 @@ class Sender:
             n += 1
         return n
 
+    def drain(self, timeout: float) -> int:
+        """Wait up to `timeout` seconds for queued messages; returns how many are still queued.
+
+        Unlike `flush`, running out of time is not an error (the caller tries again later).
+
+        Raises:
+            KafkaAccessError: the cluster refused the login or the TLS handshake.
+            DeliveryError: a message failed for good (it is not in the queue any more).
+        """
+        remaining = int(self._producer.flush(max(0.0, timeout)))
+        self._raise_if_refused()
+        if self._errors:
+            first = self._errors[0]
+            raise DeliveryError(f"{len(self._errors)} message(s) not delivered: {first}")
+        return remaining
+
     def flush(self, timeout: float = 30.0) -> int:
         """Wait until every queued message is delivered.
 

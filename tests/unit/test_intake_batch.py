@@ -47,14 +47,20 @@ class Recorder:
         return Step([], "accepted", ev.service)
 
 
-def runner(handle: Recorder, metrics: Metrics, untracked: list[Any]) -> BatchRunner:
+DeadLetter = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+def runner(
+    handle: Recorder, metrics: Metrics, untracked: list[Any], dead: list[DeadLetter] | None = None
+) -> BatchRunner:
+    sink = dead if dead is not None else []
     return BatchRunner(
         handle,
         metrics,
         {TOPIC: "telemetry"},
         impact="impact",
         ledger="ledger",
-        deadletter="deadletter",
+        deadletter=lambda key, value, headers: sink.append((key, value, headers)),
         max_bytes=1_000_000,
         untrack=untracked.append,
     )
@@ -74,13 +80,15 @@ def test_stale_events_are_neither_applied_nor_acked() -> None:
 
 def test_replays_and_dead_letters_are_acked() -> None:
     handle, metrics, untracked = Recorder(replayed=frozenset({1})), Metrics(), list[Any]()
-    run = runner(handle, metrics, untracked)
+    dead: list[DeadLetter] = []
+    run = runner(handle, metrics, untracked, dead)
     events = [event(0, 5), event(1, 5), event(2, 5, value=b"{not json")]
     sends, done = run(events, {TP(TOPIC, 0)}, generation=5)
     assert [e.message.offset for e in done] == [0, 1, 2]  # all acked: nothing to read again
     assert handle.seen == [0]
     assert metrics.replayed_skipped._value.get() == 1
-    assert [(topic, key) for topic, key, _, _ in sends] == [("deadletter", b"checkout")]
-    headers = dict(sends[0][3])
+    assert sends == []
+    assert [(key, value) for key, value, _ in dead] == [(b"checkout", b"{not json")]
+    headers = dict(dead[0][2])
     assert headers["valueloop.source.offset"] == b"2"
     assert untracked == []

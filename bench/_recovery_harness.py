@@ -488,6 +488,37 @@ def wait_done(
     raise AssertionError(f"group {group} not at the end in {timeout:.0f} s: {behind[:8]} {state}")
 
 
+def wait_settled(
+    bootstrap: str,
+    group: str,
+    workers: Iterable[Worker],
+    services: Iterable[str],
+    timeout: float = 120.0,
+) -> tuple[Totals, list[str]]:
+    """Wait until the group is stable with exactly `workers` as members and their /state/totals
+    together cover `services`; returns `merge_totals` of them then (or at the timeout).
+
+    A worker killed at the end leaves the group only when its session times out: until the
+    survivors are assigned its partitions and have restored them, nobody reports its services.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    ws = list(workers)
+    want = set(services)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    while True:
+        desc = admin.describe_consumer_groups([group])[group].result(10)
+        stable = str(desc.state).endswith("STABLE") and len(desc.members) == len(ws)
+        if stable:
+            totals, both = merge_totals(w.totals() for w in ws)
+            if want <= set(totals) or time.monotonic() >= deadline:
+                return totals, both
+        elif time.monotonic() >= deadline:
+            return merge_totals(w.totals() for w in ws)
+        time.sleep(0.5)
+
+
 def read_topic(bootstrap: str, topic: str, timeout: float = 120.0) -> list[dict[str, Any]]:
     """Every record of a topic up to its current end offsets, decoded as JSON, partition order."""
     c = _consumer(bootstrap, f"valueloop-harness-{time.monotonic_ns()}")

@@ -29,7 +29,6 @@ from bench._recovery_harness import (
     group_progress,
     input_partitions,
     latest_verdicts,
-    merge_totals,
     produce,
     read_topic,
     run_main,
@@ -37,6 +36,7 @@ from bench._recovery_harness import (
     totals_differences,
     verdict_differences,
     wait_done,
+    wait_settled,
 )
 from stream_app import simulate
 
@@ -113,7 +113,8 @@ def run_storm(
             w.wait_ready()
         wait_done(bootstrap, prefix, parts, live, timeout=600, log=log)
         seconds = time.monotonic() - t0
-        totals, both = merge_totals(w.totals() for w in live)
+        # A worker killed at the end still "holds" its partitions until its session times out.
+        totals, both = wait_settled(bootstrap, prefix, live, ref.result()[1])
         for w in live:
             record_stale(w)
         verdicts = latest_verdicts(read_topic(bootstrap, settings.topic_impact))

@@ -519,15 +519,15 @@ def wait_settled(
         time.sleep(0.5)
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 120.0) -> list[dict[str, Any]]:
-    """Every record of a topic up to its current end offsets, decoded as JSON, partition order."""
+def scan_topic(topic: str, bootstrap: str, timeout: float = 120.0) -> Iterator[Any]:
+    """Every message of a topic up to its end offsets when the scan starts (confluent-kafka
+    messages, each partition in offset order; none when the topic does not exist)."""
     c = _consumer(bootstrap, f"valueloop-harness-{time.monotonic_ns()}")
     try:
         md = c.list_topics(topic, timeout=30)
         parts = sorted(md.topics[topic].partitions) if topic in md.topics else []
         ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
         c.assign([TopicPartition(topic, p, 0) for p in parts if ends[p] > 0])
-        got: dict[int, list[dict[str, Any]]] = {p: [] for p in parts}
         pos = dict.fromkeys(parts, 0)
         deadline = time.monotonic() + timeout
         while any(pos[p] < ends[p] for p in parts):
@@ -537,11 +537,18 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 120.0) -> list[dict[
                     continue
                 p = m.partition()
                 if m.offset() < ends[p]:
-                    got[p].append(orjson.loads(m.value()))
+                    yield m
                 pos[p] = max(pos[p], m.offset() + 1)
-        return [r for p in parts for r in got[p]]
     finally:
         c.close()
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 120.0) -> list[dict[str, Any]]:
+    """Every record of a topic up to its current end offsets, decoded as JSON, partition order."""
+    got: dict[int, list[dict[str, Any]]] = {}
+    for m in scan_topic(topic, bootstrap, timeout):
+        got.setdefault(m.partition(), []).append(orjson.loads(m.value()))
+    return [r for p in sorted(got) for r in got[p]]
 
 
 # --------------------------------------------------------------------------- comparison
@@ -680,32 +687,17 @@ def find_samples(
 ) -> list[dict[str, Any]]:
     """Telemetry messages of one bucket of one series: partition, offset, value (a full scan)."""
     label, _, value = scope.partition("=")
-    c = _consumer(bootstrap, f"valueloop-harness-{time.monotonic_ns()}")
     found: list[dict[str, Any]] = []
-    try:
-        md = c.list_topics(topic, timeout=30)
-        parts = sorted(md.topics[topic].partitions)
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
-        c.assign([TopicPartition(topic, p, 0) for p in parts if ends[p] > 0])
-        pos = dict.fromkeys(parts, 0)
-        while any(pos[p] < ends[p] for p in parts):
-            for m in c.consume(5000, 0.5):
-                if m.error():
-                    continue
-                pos[m.partition()] = m.offset() + 1
-                if m.key() != service.encode():
-                    continue
-                s = orjson.loads(m.value())
-                if s.get("kpi") != stream or math.floor(s["time"] / width) != bucket:
-                    continue
-                if label and s.get("labels", {}).get(label) != value:
-                    continue
-                found.append(
-                    {"partition": m.partition(), "offset": m.offset(), "value": s["value"]}
-                )
-        return found
-    finally:
-        c.close()
+    for m in scan_topic(topic, bootstrap, timeout=600):
+        if m.key() != service.encode():
+            continue
+        s = orjson.loads(m.value())
+        if s.get("kpi") != stream or math.floor(s["time"] / width) != bucket:
+            continue
+        if label and s.get("labels", {}).get(label) != value:
+            continue
+        found.append({"partition": m.partition(), "offset": m.offset(), "value": s["value"]})
+    return found
 
 
 def changelog_offsets(bootstrap: str, app_id: str, service: str) -> list[dict[str, Any]]:
@@ -714,35 +706,19 @@ def changelog_offsets(bootstrap: str, app_id: str, service: str) -> list[dict[st
     from stream_app.agents import state as state_mod
 
     topic = f"{app_id}-{state_mod.TABLE_NAME}-changelog"
-    c = _consumer(bootstrap, f"valueloop-harness-{time.monotonic_ns()}")
     out: list[dict[str, Any]] = []
-    try:
-        md = c.list_topics(topic, timeout=30)
-        if topic not in md.topics:
-            return out
-        parts = sorted(md.topics[topic].partitions)
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
-        c.assign([TopicPartition(topic, p, 0) for p in parts if ends[p] > 0])
-        pos = dict.fromkeys(parts, 0)
-        while any(pos[p] < ends[p] for p in parts):
-            for m in c.consume(1000, 0.5):
-                if m.error():
-                    continue
-                pos[m.partition()] = m.offset() + 1
-                if m.key() != service.encode() or not m.value():
-                    continue
-                unwrap = getattr(state_mod, "unwrap", None)
-                covered = unwrap(m.value())[1] if unwrap is not None else {}
-                out.append(
-                    {
-                        "changelog_offset": m.offset(),
-                        "timestamp_ms": m.timestamp()[1],
-                        "covers": {f"{t}[{p}]": o for (t, p), o in sorted(covered.items())},
-                    }
-                )
-        return out
-    finally:
-        c.close()
+    for m in scan_topic(topic, bootstrap, timeout=600):
+        if m.key() != service.encode() or not m.value():
+            continue
+        covered = state_mod.unwrap(m.value())[1]
+        out.append(
+            {
+                "changelog_offset": m.offset(),
+                "timestamp_ms": m.timestamp()[1],
+                "covers": {f"{t}[{p}]": o for (t, p), o in sorted(covered.items())},
+            }
+        )
+    return out
 
 
 def owner(workers: Iterable[Worker], service: str) -> Worker | None:

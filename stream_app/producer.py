@@ -175,13 +175,9 @@ class Sender:
         """
         deadline = time.monotonic() + timeout
         while True:
-            remaining = self._producer.flush(max(0.0, min(0.5, deadline - time.monotonic())))
-            self._raise_if_refused()
+            remaining = self.drain(min(0.5, deadline - time.monotonic()))
             if not remaining or time.monotonic() >= deadline:
                 break
-        if self._errors:
-            first = self._errors[0]
-            raise DeliveryError(f"{len(self._errors)} message(s) not delivered: {first}")
         if remaining:
             raise DeliveryError(
                 f"{remaining} message(s) not delivered within {timeout:g}s "

@@ -81,7 +81,7 @@ class DeadLetters:
         self.sender = Sender(settings, **{"message.timeout.ms": 0, "linger.ms": 5})
 
     def send(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        self.sender.send(self.topic, value, key, list(headers))
+        self.sender.send(self.topic, value, key, list(headers))  # list: the type is invariant
 
     async def deliver(self, timeout: float = 5.0) -> bool:
         """Whether every dead letter queued so far is in Kafka (waits up to `timeout`)."""

@@ -92,3 +92,41 @@ def test_replays_and_dead_letters_are_acked() -> None:
     headers = dict(dead[0][2])
     assert headers["valueloop.source.offset"] == b"2"
     assert untracked == []
+
+
+class FakeDeadLetters:
+    def __init__(self, delivered: bool) -> None:
+        self.delivered = delivered
+
+    async def deliver(self, timeout: float = 5.0) -> bool:
+        return self.delivered
+
+
+class FakeStream:
+    def __init__(self) -> None:
+        self.acked: list[Any] = []
+
+    async def ack(self, event: Any) -> None:
+        self.acked.append(event)
+
+
+async def _noop() -> None:
+    return None
+
+
+def test_a_checkpoint_acks_nothing_until_the_dead_letters_are_delivered() -> None:
+    import asyncio
+
+    from stream_app.agents.intake import Checkpoint
+
+    app: Any = SimpleNamespace(producer=SimpleNamespace(flush=_noop))
+    stream, snapshots = FakeStream(), []
+    dead = FakeDeadLetters(delivered=False)
+    cp = Checkpoint(deadletters=dead)  # type: ignore[arg-type]  # a stand-in for DeadLetters
+    cp.pending.append((stream, [event(0, 1), event(1, 1)]))
+    asyncio.run(cp.run(app, lambda: snapshots.append("written")))
+    assert stream.acked == [] and snapshots == [] and len(cp.pending) == 1  # broker away: wait
+    dead.delivered = True
+    asyncio.run(cp.run(app, lambda: snapshots.append("written")))
+    assert [e.message.offset for e in stream.acked] == [0, 1]
+    assert snapshots == ["written"] and cp.pending == []

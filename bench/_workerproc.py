@@ -192,6 +192,28 @@ class WorkerProc:
             time.sleep(0.3)
         raise AssertionError(f"{name}{labels} = {got} < {value}\n{self.tail()}")
 
+    def wait_series(self, name: str, value: float, timeout: float = 60.0, **labels: str) -> float:
+        """Wait until a sample of `name` with `labels` is exported and the sum of those samples
+        equals `value` (a gauge that must appear first, e.g. the lag read by a timer)."""
+        deadline = time.monotonic() + timeout
+        seen: list[float] = []
+        while time.monotonic() < deadline:
+            assert self.alive(), f"worker died:\n{self.tail()}"
+            try:
+                text = self.metrics()
+            except UNREACHABLE:
+                time.sleep(0.3)
+                continue
+            seen = [
+                v
+                for n, have, v in parse_samples(text)
+                if n == name and all(have.get(k) == x for k, x in labels.items())
+            ]
+            if seen and sum(seen) == value:
+                return value
+            time.sleep(0.3)
+        raise AssertionError(f"{name}{labels}: {seen or 'not exported'} != {value}\n{self.tail()}")
+
     def wait_ready(
         self,
         timeout: float,

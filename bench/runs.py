@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 import uuid
@@ -107,12 +108,29 @@ def _wait_committed(
 
 
 def _steady_rate(seen: list[tuple[float, int]], total: int) -> float | None:
-    """Events/s between 10 % and 90 % committed (start-up and the last commit left out)."""
-    lo = next(((t, c) for t, c in seen if c >= 0.1 * total), None)
-    hi = next(((t, c) for t, c in seen if c >= 0.9 * total), None)
-    if lo is None or hi is None or hi[0] <= lo[0]:
+    """Events/s between 10 % and 90 % committed (start-up and the last commit left out).
+
+    The moments the committed count crosses 10 % and 90 % are interpolated between the polls
+    that bracket them, so a run that passes both marks between two polls (a fast machine)
+    still has a figure: the rate over that interval. None only without two distinct polls
+    bracketing the marks (`seen` should start with the count at the start of the timing).
+    """
+    if total <= 0 or len(seen) < 2:
         return None
-    return (hi[1] - lo[1]) / (hi[0] - lo[0])
+
+    def crossing(mark: float) -> float | None:
+        for (ta, ca), (tb, cb) in itertools.pairwise(seen):
+            if ca < mark <= cb and tb > ta:
+                return ta + (mark - ca) / (cb - ca) * (tb - ta)
+        return None
+
+    lo, hi = 0.1 * total, 0.9 * total
+    if seen[0][1] >= lo:  # already past 10 % at the first poll: nothing to bracket it
+        return None
+    t_lo, t_hi = crossing(lo), crossing(hi)
+    if t_lo is None or t_hi is None or t_hi <= t_lo:
+        return None
+    return (hi - lo) / (t_hi - t_lo)
 
 
 def pipeline_backlog(
@@ -165,7 +183,7 @@ def pipeline_backlog(
         **loaded,
         "seconds": elapsed,
         "per_s": n / elapsed,
-        "steady_per_s": _steady_rate([(t, c) for t, c in seen if t >= t0], n),
+        "steady_per_s": _steady_rate([(t0, 0)] + [(t, c) for t, c in seen if t >= t0], n),
         "worker_cpu_s": cpu1 - cpu0,
         "worker_cpu_share": (cpu1 - cpu0) / elapsed,
         "samples_accepted": accepted,
@@ -252,7 +270,7 @@ def scale(
         "partitions": partitions,
         "seconds": elapsed,
         "per_s": n / elapsed,
-        "steady_per_s": _steady_rate(seen, n),
+        "steady_per_s": _steady_rate([(t0, 0), *seen], n),
         "produce_seconds": produce_s,
         "samples_per_worker": per_worker,
     }

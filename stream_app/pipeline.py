@@ -11,7 +11,7 @@ from stream_app.core.catalog import Catalog
 from stream_app.core.dora import DoraReport, DoraTracker, dora_metric_samples
 from stream_app.core.flow import FlowReport, FlowTracker, flow_metric_samples
 from stream_app.core.guard import GUARD_REASONS, Guard, Limits
-from stream_app.core.impact import ImpactEngine
+from stream_app.core.impact import DEFAULT_ALPHA, ImpactEngine
 from stream_app.core.ledger import (
     ExpectedBenefit,
     Features,
@@ -111,7 +111,7 @@ class Pipeline:
         catalog: Catalog,
         valuestream: ValueStreamDef | None = None,
         *,
-        alpha: float = 0.05,
+        alpha: float = DEFAULT_ALPHA,
         report_period_seconds: float = 7 * 86400.0,
         features: Features | None = None,
         limits: Limits | None = None,

@@ -272,7 +272,7 @@ class Scenario:
     monday_boost: float = 0.0
     dips: tuple[TrafficDip, ...] = ()
     coarse_seconds: float | None = None
-    detail_seconds: float = 7200.0
+    detail_seconds: float = 5 * 3600.0  # the longest baseline and horizon (4 h), and some
     window_seconds: float = 3600.0
     environment: str = "production"
 
@@ -541,7 +541,9 @@ def _detail_mask(scenario: Scenario, n_min: int) -> NDArray[np.bool_]:
     for r in scenario.releases:
         m = int((r.time - scenario.start) // 60)
         mask[m] = True  # a coarse sample never straddles a release
-        for off in (0, int(DAY // 60), int(WEEK // 60)):
+        # The release's own windows and the same hours every earlier day of the week: the
+        # judge's seasonal references.
+        for off in (*(int(d * DAY // 60) for d in range(7)), int(WEEK // 60)):
             lo, hi = max(0, m - off - half), min(n_min, m - off + half)
             if lo < hi:
                 mask[lo:hi] = True
@@ -1185,7 +1187,7 @@ def weekly_scenario(seed: int = 5, *, start: float = WEEKLY_START) -> Scenario:
     return Scenario(
         seed=seed,
         start=start,
-        duration_seconds=monday + 10.5 * 3600.0 - start,
+        duration_seconds=monday + 13 * 3600.0 - start,
         services=(service_profile("checkout"), service_profile("catalog")),
         releases=rel,
         monday_boost=0.3,

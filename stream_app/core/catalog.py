@@ -33,6 +33,8 @@ KPI_KEYS = frozenset(
         "min_change",
         "baseline",
         "post",
+        "max_horizon",
+        "overlap",
         "bucket",
         "min_buckets",
         "min_samples",
@@ -95,7 +97,7 @@ class Catalog:
     def retention_seconds(self) -> float:
         """How much event-time history the bucket store must keep behind the watermark.
 
-        Baseline + post, plus a week of history when a KPI may use a weekly reference
+        Baseline + maximum horizon, plus a week of history when a KPI may use a weekly reference
         (seasonality weekly or auto), or a day for daily, plus the allowed lateness, plus one
         bucket (a release between bucket boundaries shifts its windows by up to one bucket).
         """
@@ -106,7 +108,7 @@ class Catalog:
             )
             need = (
                 k.baseline_seconds
-                + k.post_seconds
+                + max(k.post_seconds, k.max_horizon_seconds)
                 + seasonal
                 + k.allowed_lateness_seconds
                 + k.bucket_seconds
@@ -216,7 +218,13 @@ def _spec(errors: _Errors, where: str, table: Mapping[str, Any]) -> KpiSpec | No
     )
 
     durations: dict[str, float] = {}
-    for key, default in (("baseline", 3600.0), ("post", 3600.0), ("bucket", 60.0)):
+    for key, default in (
+        ("baseline", 14400.0),
+        ("post", 600.0),
+        ("max_horizon", 14400.0),
+        ("overlap", 3600.0),
+        ("bucket", 60.0),
+    ):
         try:
             durations[key] = parse_duration(table.get(key, default))
         except ValueError as exc:
@@ -233,7 +241,7 @@ def _spec(errors: _Errors, where: str, table: Mapping[str, Any]) -> KpiSpec | No
     if bucket <= 0:
         errors.add(where, f"field 'bucket': must be > 0, got {table.get('bucket')!r}")
     else:
-        for key in ("baseline", "post"):
+        for key in ("baseline", "post", "max_horizon"):
             n = durations[key] / bucket
             if durations[key] <= 0 or abs(n - round(n)) > 1e-9:
                 errors.add(
@@ -242,6 +250,14 @@ def _spec(errors: _Errors, where: str, table: Mapping[str, Any]) -> KpiSpec | No
                     f"got {durations[key]:g}s",
                 )
 
+    if durations["max_horizon"] < durations["post"]:
+        errors.add(
+            where,
+            f"field 'max_horizon': must be at least 'post' ({durations['post']:g}s), "
+            f"got {durations['max_horizon']:g}s",
+        )
+    if durations["overlap"] < 0:
+        errors.add(where, f"field 'overlap': must be >= 0, got {durations['overlap']:g}s")
     try:
         min_change = parse_fraction(table.get("min_change", 0.02))
         if not 0.0 < min_change < 1.0:
@@ -309,6 +325,8 @@ def _spec(errors: _Errors, where: str, table: Mapping[str, Any]) -> KpiSpec | No
         min_change=min_change,
         baseline_seconds=durations["baseline"],
         post_seconds=durations["post"],
+        max_horizon_seconds=durations["max_horizon"],
+        overlap_seconds=durations["overlap"],
         bucket_seconds=bucket,
         min_buckets=min_buckets,
         min_samples=min_samples,

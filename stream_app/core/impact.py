@@ -57,11 +57,11 @@ import orjson
 
 from stream_app.core.buckets import CHUNK, SampleOutcome, ServiceBuckets, layouts_for, scope_key
 from stream_app.core.catalog import DAY_SECONDS, Catalog
-from stream_app.core.stats import interim_threshold
+from stream_app.core.judge import DEFAULT_ALPHA, Look, Reference
+from stream_app.core.sequential import schedule_boundaries
 from stream_app.core.types import (
     KpiJudgement,
     KpiSpec,
-    Phase,
     Verdict,
     VerdictRecord,
     WindowData,
@@ -84,6 +84,8 @@ _SEASONS: dict[str, tuple[tuple[str, int], ...]] = {
     "none": (),
 }
 _MAGIC = b"VLS1"
+# The spending function's power (alpha * t**rho): see stream_app.core.sequential.
+SPENDING_RHO = 1.0
 
 
 class JudgeFn(Protocol):
@@ -94,29 +96,19 @@ class JudgeFn(Protocol):
         spec: KpiSpec,
         base: WindowData,
         post: WindowData,
+        refs: Sequence[Reference] = (),
         *,
-        base_ref: WindowData | None = None,
-        post_ref: WindowData | None = None,
-        seasonal: str | None = None,
+        look: Look | None = None,
         alpha: float = 0.05,
-        info_fraction: float = 1.0,
     ) -> KpiJudgement: ...
-
-
-class AdjustFn(Protocol):
-    """False-discovery control across one release's KPIs (stream_app.core.judge.adjust_release)."""
-
-    def __call__(
-        self, judgements: Sequence[KpiJudgement], *, alpha: float = 0.05
-    ) -> list[KpiJudgement]: ...
 
 
 @dataclasses.dataclass(slots=True)
 class _ReleaseState:
     release: Release
     seen_wm: float  # the service watermark when the release was registered
-    next_checkpoint: int = 1
-    finalized: bool = False
+    next_look: int = 0  # index of the next look in the release's schedule
+    finalized: bool = False  # every KPI has its final verdict
     interim: dict[str, tuple[Verdict, int]] = dataclasses.field(default_factory=dict)
     final: dict[str, VerdictRecord] = dataclasses.field(default_factory=dict)
 
@@ -150,20 +142,28 @@ class _Plan:
         return self.post_stop * self.width
 
 
-def plan_windows(spec: KpiSpec, time: float, elapsed: float | None = None) -> _Plan:
+def plan_windows(
+    spec: KpiSpec, time: float, elapsed: float | None = None, after: float | None = None
+) -> _Plan:
     """Windows of `spec` around a release at `time`.
 
-    Baseline is [t - baseline, t) and post [t, t + post), on bucket boundaries; a release time that
-    is not on a boundary skips the bucket it falls in (half before, half after the release).
-    For an interim look, the post window is cut to the `elapsed` seconds after its start.
+    Baseline is [t - baseline, t), starting no earlier than the post window of a previous release
+    at `after`; post is [t, t + elapsed) (default: the minimum post window), on bucket boundaries;
+    a release time that is not on a boundary skips the bucket it falls in (half before, half
+    after the release).
     """
     w = spec.bucket_seconds
     i0 = math.floor(time / w)
     post_first = i0 if i0 * w == time else i0 + 1
     n_base = round(spec.baseline_seconds / w)
-    n_post = round(spec.post_seconds / w)
-    n = n_post if elapsed is None else min(n_post, math.floor(elapsed / w + 1e-9))
-    return _Plan(w, i0 - n_base, i0, post_first, post_first + n, n_post)
+    base_first = i0 - n_base
+    if after is not None and math.isfinite(after):
+        a0 = math.floor(after / w)
+        base_first = min(max(base_first, a0 if a0 * w == after else a0 + 1), i0)
+    n_full = round(max(spec.max_horizon_seconds, spec.post_seconds) / w)
+    span = spec.post_seconds if elapsed is None else elapsed
+    n = min(n_full, math.floor(span / w + 1e-9))
+    return _Plan(w, base_first, i0, post_first, post_first + n, n_full)
 
 
 def _no_data(spec: KpiSpec) -> KpiJudgement:
@@ -221,36 +221,39 @@ class ImpactEngine:
         self,
         catalog: Catalog,
         *,
-        alpha: float = 0.05,
-        interim_every_buckets: int = 10,
+        alpha: float = DEFAULT_ALPHA,
+        interim_every_buckets: int = 5,
         judge: JudgeFn | None = None,
-        adjust: AdjustFn | None = None,
     ) -> None:
         """Build an engine.
 
         Args:
             catalog: the validated KPI catalog.
-            alpha: significance level handed to the judge and to the false-discovery control.
-            interim_every_buckets: an interim look every this many post buckets (0: none).
+            alpha: the error rate of a release's verdict on one KPI, spent over its looks.
+            interim_every_buckets: the looks' spacing in the first half hour, in buckets (they
+                spread out later, see `stream_app.core.sequential.look_schedule`); 0: a single
+                look at the maximum horizon.
             judge: the per-KPI judge; defaults to ``stream_app.core.judge.judge_kpi``.
-            adjust: the across-KPI adjustment; defaults to ``stream_app.core.judge.adjust_release``.
         """
         if interim_every_buckets < 0:
             raise ValueError("interim_every_buckets must be >= 0")
-        if judge is None or adjust is None:
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        if judge is None:
             # Imported here so the engine can be tested with a stub judge on its own.
             from stream_app.core import judge as judge_module
 
-            judge = judge or judge_module.judge_kpi
-            adjust = adjust or judge_module.adjust_release
+            judge = judge_module.judge_kpi
         self.catalog = catalog
         self.alpha = alpha
         self.interim_every_buckets = interim_every_buckets
         self._judge: JudgeFn = judge
-        self._adjust: AdjustFn = adjust
         self._retention = catalog.retention_seconds()
         self._states: dict[str, _ServiceState] = {}
         self._dirty: set[str] = set()
+        # Windows of a release that no later look changes (baseline, references), per
+        # (service, release id, KPI): derived from closed buckets, so never snapshotted.
+        self._fixed: dict[tuple[str, str, str], _Fixed] = {}
 
     # -- input -------------------------------------------------------------------------------
 
@@ -367,22 +370,22 @@ class ImpactEngine:
         # A release does not move the watermark: releases and samples come from different topics,
         # and in the worker the deployments topic may be read far ahead of the telemetry topic.
         # Moving the watermark here would turn the samples still to come into "late" ones.
+        # Looks already due are taken at once, in order, as if it had been known all along.
         st.releases[r.id] = rs
-        if self.interim_every_buckets > 0:
-            # Looks that were due before the release was known are skipped, not replayed in a burst.
-            wm = st.buckets.watermark
-            while (cp := self._checkpoint(st, rs, rs.next_checkpoint)) is not None and cp[1] <= wm:
-                rs.next_checkpoint += 1
-        st.next_due = min(st.next_due, self._next_due(st, rs))
+        # The new release changes other releases' baselines, references and horizons.
+        self._drop_fixed(r.service)
         self._dirty.add(r.service)
         for other in sorted(st.releases.values(), key=lambda x: x.key):
-            if other is rs or not other.finalized:
+            if other is rs:
                 continue
             for spec in st.specs:
                 rec = other.final.get(spec.name)
-                if rec is None or not self._overlap(spec, other.release, r):
+                if rec is None or r.id in rec.judgement.confounders:
                     continue
-                if r.id in rec.judgement.confounders:
+                # Overlapping releases confound each other; a verdict whose post window the new
+                # release falls into read its effect too.
+                inside = other.release.time < r.time < rec.post_window[1]
+                if not (self._overlap(spec, other.release, r) or inside):
                     continue
                 ids = tuple(sorted({*rec.judgement.confounders, r.id}))
                 new = dataclasses.replace(
@@ -390,6 +393,10 @@ class ImpactEngine:
                 )
                 other.final[spec.name] = new
                 out.append(new)
+        st.next_due = min(
+            (self._next_due(st, x) for x in st.releases.values() if not x.finalized),
+            default=math.inf,
+        )
         return "accepted", out
 
     # -- progress ----------------------------------------------------------------------------
@@ -487,44 +494,68 @@ class ImpactEngine:
         return out
 
     def _reach(self, st: _ServiceState) -> float:
-        """How far apart two releases of the service may be and still confound each other."""
-        return max(max(k.baseline_seconds, k.post_seconds) for k in st.specs)
+        """How far apart two releases of the service may be and still matter to each other."""
+        return max(
+            max(k.baseline_seconds, k.max_horizon_seconds, k.overlap_seconds) for k in st.specs
+        )
 
-    def _final_due(self, st: _ServiceState, rs: _ReleaseState) -> float:
-        return max(plan_windows(k, rs.release.time).post_due() for k in st.specs)
+    def _schedule(self, st: _ServiceState) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The looks' elapsed seconds after a release and their z boundaries."""
+        width = max(k.bucket_seconds for k in st.specs)
+        first = max(k.post_seconds for k in st.specs)
+        horizon = max(max(k.max_horizon_seconds, k.post_seconds) for k in st.specs)
+        return schedule_boundaries(
+            self.alpha, first, horizon, self.interim_every_buckets * width, SPENDING_RHO
+        )
 
-    def _checkpoint(
-        self, st: _ServiceState, rs: _ReleaseState, j: int
-    ) -> tuple[float, float] | None:
-        """(elapsed seconds, due watermark) of interim look `j`, or None when it would be final."""
-        n = self.interim_every_buckets
-        if n <= 0:
-            return None
-        elapsed = j * n * max(k.bucket_seconds for k in st.specs)
-        if elapsed >= max(k.post_seconds for k in st.specs):
-            return None
-        due = max(plan_windows(k, rs.release.time, elapsed).post_due() for k in st.specs)
-        if due >= self._final_due(st, rs):
-            return None
-        return elapsed, due
+    def _neighbours(self, st: _ServiceState, r: Release) -> tuple[float | None, float | None]:
+        """Times of the service's previous and next releases around `r` (None when none)."""
+        prev: float | None = None
+        nxt: float | None = None
+        for o in st.releases.values():
+            t = o.release.time
+            if o.release is r:
+                continue
+            if t < r.time or (t == r.time and o.release.id < r.id):
+                prev = t if prev is None or t > prev else prev
+            elif nxt is None or t < nxt:
+                nxt = t
+        return prev, nxt
+
+    def _look(self, st: _ServiceState, rs: _ReleaseState, k: int) -> tuple[float, Look, float]:
+        """(elapsed seconds, Look, due watermark) of look `k` of the release.
+
+        The horizon ends at the schedule's last look or at the service's next release, whichever
+        comes first; the look there is the last (its boundary is the next scheduled one's).
+        """
+        looks, zs = self._schedule(st)
+        r = rs.release
+        _, nxt = self._neighbours(st, r)
+        cut = looks[-1] if nxt is None else min(looks[-1], max(nxt - r.time, 0.0))
+        k = min(k, len(looks) - 1)
+        elapsed = min(looks[k], cut)
+        last = k == len(looks) - 1 or looks[k] >= cut
+        look = Look(zs[k], last, elapsed / looks[-1])
+        due = max(plan_windows(spec, r.time, elapsed).post_due() for spec in st.specs)
+        return elapsed, look, due
 
     def _next_due(self, st: _ServiceState, rs: _ReleaseState) -> float:
-        cp = self._checkpoint(st, rs, rs.next_checkpoint)
-        return cp[1] if cp is not None else self._final_due(st, rs)
+        return self._look(st, rs, rs.next_look)[2]
 
     def _step(self, st: _ServiceState, rs: _ReleaseState) -> list[VerdictRecord]:
-        """Take the release's next look: an interim one, or the final one."""
-        cp = self._checkpoint(st, rs, rs.next_checkpoint)
-        if cp is not None:
-            rs.next_checkpoint += 1
-            return self._judge_release(st, rs, "interim", cp[0], cp[1])
-        rs.finalized = True
-        return self._judge_release(st, rs, "final", None, self._final_due(st, rs))
+        """Take the release's next look; the last one finalizes every KPI still open."""
+        elapsed, look, due = self._look(st, rs, rs.next_look)
+        rs.next_look += 1
+        out = self._judge_release(st, rs, elapsed, look, due)
+        if look.last or len(rs.final) == len(st.specs):
+            rs.finalized = True
+            self._drop_fixed(rs.release.service, rs.release.id)
+        return out
 
     # -- judging -----------------------------------------------------------------------------
 
     def _overlap(self, spec: KpiSpec, a: Release, b: Release) -> bool:
-        return abs(a.time - b.time) <= max(spec.baseline_seconds, spec.post_seconds)
+        return abs(a.time - b.time) <= spec.overlap_seconds
 
     def _release_scope(self, r: Release) -> str:
         for label in self.catalog.scope_labels:
@@ -532,6 +563,24 @@ class ImpactEngine:
             if value is not None:
                 return scope_key(label, value)
         return ""
+
+    def _presence(
+        self,
+        st: _ServiceState,
+        first: int,
+        stop: int,
+        scope: str,
+        minus: str | None,
+        horizon: float,
+    ) -> list[bool]:
+        """Per bucket, whether the service reported any sample there (any stream of the scope)."""
+        seen = [False] * max(stop - first, 0)
+        for stream in st.buckets.layouts:
+            rd = st.buckets.read(stream, scope, first, stop, minus_scope=minus, horizon=horizon)
+            for i, c in enumerate(rd.counts):
+                if c > 0:
+                    seen[i] = True
+        return seen
 
     def _window(
         self,
@@ -543,7 +592,11 @@ class ImpactEngine:
         minus: str | None,
         horizon: float,
     ) -> tuple[WindowData, int]:
-        """WindowData of buckets [first, stop) and how many of them hold data."""
+        """WindowData of buckets [first, stop) and how many of them hold data.
+
+        A bucket in which the service reported nothing is missing for every aggregation (den 0):
+        an outage is not a zero.
+        """
         b = st.buckets
         n = stop - first
         if spec.aggregation == "ratio":
@@ -558,161 +611,124 @@ class ImpactEngine:
                 spec.stream, scope, first, stop, q=spec.quantile, minus_scope=minus, horizon=horizon
             )
             counts = r.counts
-            nonempty = sum(1 for c in counts if c > 0)
             if spec.aggregation == "sum":
-                num, den = r.sums, [1.0] * n
+                present = self._presence(st, first, stop, scope, minus, horizon)
+                num, den = r.sums, [1.0 if x else 0.0 for x in present]
+                nonempty = sum(present)
             elif spec.aggregation == "mean":
                 num, den = r.sums, counts
+                nonempty = sum(1 for c in counts if c > 0)
             else:
                 qs = r.quantiles or [None] * n
                 num = [v if v is not None else 0.0 for v in qs]
                 den = [1.0 if v is not None else 0.0 for v in qs]
+                nonempty = sum(1 for c in counts if c > 0)
         w = spec.bucket_seconds
-        data = WindowData(first * w, stop * w, tuple(num), tuple(den), math.fsum(counts))
+        data = WindowData(
+            first * w, stop * w, tuple(num), tuple(den), math.fsum(counts), tuple(counts)
+        )
         return data, nonempty
+
+    def _fixed_windows(
+        self, st: _ServiceState, rs: _ReleaseState, spec: KpiSpec, horizon: float
+    ) -> _Fixed:
+        """The release's baseline and candidate references for `spec`, read once (closed data)."""
+        r = rs.release
+        key = (r.service, r.id, spec.name)
+        got = self._fixed.get(key)
+        if got is not None:
+            return got
+        prev, _ = self._neighbours(st, r)
+        first_seen = self._first_seen(st, spec)
+        after = prev if prev is not None else None
+        if math.isfinite(first_seen):
+            after = first_seen if after is None else max(after, first_seen)
+        plan = plan_windows(spec, r.time, None, after)
+        full = plan_windows(spec, r.time, spec.max_horizon_seconds, after)
+        if spec.seasonality == "none" or not self._has_history(st, spec, plan, full):
+            # No earlier day to tell the shape of the day: a long baseline would read the daily
+            # ramp as the release's effect, so the windows stay short (see `_judge_release`).
+            short = dataclasses.replace(spec, baseline_seconds=spec.overlap_seconds)
+            plan = plan_windows(short, r.time, None, after)
+        scope = self._release_scope(r)
+        base, nb = self._window(st, spec, plan.base_first, plan.base_stop, scope, None, horizon)
+        refs: list[tuple[str, int, WindowData, WindowData]] = []
+        skipped: list[str] = []
+        for name, days in _SEASONS[spec.seasonality]:
+            k = round(days * DAY_SECONDS / plan.width)
+            lo, hi = (plan.base_first - k) * plan.width, (full.post_stop - k) * plan.width
+            if lo < first_seen:
+                continue  # before the stream's first sample: no history, not zeros
+            # A reference stands for "the same hours without a release": one holding a release
+            # of the service may carry that release's step. It stays a candidate, marked, and the
+            # judge leaves it out when its factor is out of line with the clean ones.
+            inside = sorted(
+                o.release.id
+                for o in st.releases.values()
+                if o.release is not r and lo <= o.release.time < hi
+            )
+            if inside:
+                skipped.append(f"{days}d ago ({', '.join(inside)})")
+                name = f"{name}-with-release"
+            bref, _ = self._window(
+                st, spec, plan.base_first - k, plan.base_stop - k, scope, None, horizon
+            )
+            pref, _ = self._window(
+                st, spec, full.post_first - k, full.post_stop - k, scope, None, horizon
+            )
+            refs.append((name, days, bref, pref))
+        if scope:
+            bref, _ = self._window(st, spec, plan.base_first, plan.base_stop, "", scope, horizon)
+            pref, _ = self._window(st, spec, full.post_first, full.post_stop, "", scope, horizon)
+            refs.append(("control", 0, bref, pref))
+        got = _Fixed(plan.base_first, base, nb, tuple(refs), "")
+        self._fixed[key] = got
+        return got
+
+    @staticmethod
+    def _short(spec: KpiSpec, fixed: _Fixed) -> float:
+        """The longest post window a KPI's look reads (short without a reference)."""
+        return math.inf if fixed.refs else spec.overlap_seconds
+
+    def _has_history(self, st: _ServiceState, spec: KpiSpec, plan: _Plan, full: _Plan) -> bool:
+        """Whether some seasonal candidate's windows lie after the stream's first sample."""
+        first = self._first_seen(st, spec)
+        for _, days in _SEASONS[spec.seasonality]:
+            k = round(days * DAY_SECONDS / plan.width)
+            if (plan.base_first - k) * plan.width >= first:
+                return True
+        return False
+
+    def _drop_fixed(self, service: str, release_id: str | None = None) -> None:
+        for key in [k for k in self._fixed if k[0] == service and release_id in (None, k[1])]:
+            del self._fixed[key]
 
     def _first_seen(self, st: _ServiceState, spec: KpiSpec) -> float:
         """Event time from which every stream of `spec` has history (-inf when unknown)."""
         firsts = [st.buckets.first_seen.get(name) for name in spec.streams()]
         return max((f for f in firsts if f is not None), default=-math.inf)
 
-    def _references(
-        self,
-        st: _ServiceState,
-        spec: KpiSpec,
-        plan: _Plan,
-        scope: str,
-        horizon: float,
-        covered: tuple[int, int],
-        release: Release,
-    ) -> tuple[WindowData | None, WindowData | None, str | None, str | None, str]:
-        """The reference windows: a clean seasonal reference, else the rest of the traffic.
-
-        Returns:
-            (base_ref, post_ref, reference kind for the record, label for the judge's method,
-            note on references skipped because another release falls in them).
-        """
-
-        def enough(a: int, b: int) -> bool:
-            return all(
-                got >= max(1, math.ceil(REFERENCE_COVERAGE * need))
-                for got, need in ((a, covered[0]), (b, covered[1]))
-            )
-
-        first = self._first_seen(st, spec)
-        skipped: list[str] = []
-        days_found: list[int] = []
-        pooled: list[tuple[WindowData, WindowData]] = []
-        for name, days in _SEASONS[spec.seasonality]:
-            k = round(days * DAY_SECONDS / plan.width)
-            # A reference stands for "the same hours without a release": one holding a release of
-            # the service carries that release's step, which the difference-in-differences would
-            # credit (with the opposite sign) to this release. The next candidate is tried.
-            lo, hi = (plan.base_first - k) * plan.width, (plan.post_stop - k) * plan.width
-            if lo < first:
-                continue  # before the stream's first sample: no history, not zeros
-            inside = sorted(
-                o.release.id
-                for o in st.releases.values()
-                if o.release is not release and lo < o.release.time < hi
-            )
-            if inside:
-                skipped.append(f"{days}d ago ({', '.join(inside)})")
-                continue
-            base_ref, nb = self._window(
-                st, spec, plan.base_first - k, plan.base_stop - k, scope, None, horizon
-            )
-            post_ref, np_ = self._window(
-                st, spec, plan.post_first - k, plan.post_stop - k, scope, None, horizon
-            )
-            if not enough(nb, np_):
-                continue
-            if name == "weekly":
-                # The same weekday stays alone: pooling it with other weekdays would bring back
-                # the weekday-specific shape (a Monday-morning rise) it is there to remove.
-                return base_ref, post_ref, name, name, ""
-            days_found.append(days)
-            pooled.append((base_ref, post_ref))
-        note = "; seasonal references holding a release were skipped: " + ", ".join(skipped)
-        note = note if skipped else ""
-        if pooled:
-            # Every clean earlier day at the same hours, pooled bucket by bucket: the reference's
-            # share of the variance shrinks as 1/days (two windows of equal noise count twice).
-            base_ref = _pool([b for b, _ in pooled])
-            post_ref = _pool([p for _, p in pooled])
-            if days_found == [1]:
-                label = "daily"
-            elif len(days_found) == 1:
-                label = f"daily, {days_found[0]} days back"
-            else:
-                label = f"daily, {len(days_found)} days pooled: {', '.join(map(str, days_found))}"
-            return base_ref, post_ref, "daily", label, ""
-        if scope:
-            # The rest of the traffic comes second: it shares concurrent shocks but not always the
-            # shape of the day (another region lives in another time zone, so its morning ramp
-            # comes hours apart), while the scope's own history shares its shape.
-            base_ref, nb = self._window(
-                st, spec, plan.base_first, plan.base_stop, "", scope, horizon
-            )
-            post_ref, np_ = self._window(
-                st, spec, plan.post_first, plan.post_stop, "", scope, horizon
-            )
-            if enough(nb, np_):
-                return base_ref, post_ref, "control", "control", note
-        return None, None, None, None, note
-
     def _judge_release(
-        self, st: _ServiceState, rs: _ReleaseState, phase: Phase, elapsed: float | None, due: float
+        self, st: _ServiceState, rs: _ReleaseState, elapsed: float, look: Look, due: float
     ) -> list[VerdictRecord]:
         r = rs.release
         # History older than this horizon reads as empty, whenever eviction actually ran.
         horizon = max(due, rs.seen_wm) - self._retention
         scope = self._release_scope(r)
-        rows: list[tuple[KpiSpec, _Plan, KpiJudgement, str | None]] = []
+        out: list[VerdictRecord] = []
         for spec in st.specs:
-            plan = plan_windows(spec, r.time, elapsed)
-            base, nb = self._window(st, spec, plan.base_first, plan.base_stop, scope, None, horizon)
+            if spec.name in rs.final:
+                continue
+            fixed = self._fixed_windows(st, rs, spec, horizon)
+            kpi_look = look
+            if not fixed.refs and elapsed >= spec.overlap_seconds:
+                # Without a reference the post window stays as short as the baseline.
+                kpi_look = dataclasses.replace(look, last=True)
+            plan = plan_windows(spec, r.time, min(elapsed, self._short(spec, fixed)))
+            n_post = plan.post_stop - plan.post_first
             post, np_ = self._window(
                 st, spec, plan.post_first, plan.post_stop, scope, None, horizon
             )
-            if plan.base_first * plan.width < rs.seen_wm - self._retention:
-                # Judging what is left would compare against a truncated baseline: never that.
-                rows.append((spec, plan, _history_lost(spec), None))
-                continue
-            if base.samples <= 0 and post.samples <= 0:
-                rows.append((spec, plan, _no_data(spec), None))
-                continue
-            first = self._first_seen(st, spec)
-            if spec.aggregation == "sum" and plan.base_first * plan.width < first:
-                # A sum reads a bucket without samples as 0: a baseline that starts before the
-                # stream's first sample would look like a drop, and the release like a rise.
-                rows.append((spec, plan, _history_missing(spec, first), None))
-                continue
-            base_ref, post_ref, seasonal, label, note = self._references(
-                st, spec, plan, scope, horizon, (nb, np_), r
-            )
-            j = self._judge(
-                spec,
-                base,
-                post,
-                base_ref=base_ref,
-                post_ref=post_ref,
-                seasonal=label,
-                alpha=self.alpha,
-                info_fraction=(plan.post_stop - plan.post_first) / plan.post_full,
-            )
-            if note:
-                j = dataclasses.replace(j, reason=j.reason + note)
-            rows.append((spec, plan, j, seasonal))
-        # An interim look is judged at the spending-function level, so the FDR control must be too.
-        level = self.alpha
-        if phase == "interim":
-            least = min((p.post_stop - p.post_first) / p.post_full for _, p, _, _ in rows)
-            level = interim_threshold(self.alpha, least)
-        adjusted = {j.kpi: j for j in self._adjust([row[2] for row in rows], alpha=level)}
-        out: list[VerdictRecord] = []
-        for spec, plan, j0, seasonal in rows:
-            j = adjusted.get(spec.name, j0)
             others = tuple(
                 sorted(
                     o.release.id
@@ -720,9 +736,26 @@ class ImpactEngine:
                     if o is not rs and self._overlap(spec, r, o.release)
                 )
             )
+            seasonal: str | None = None
+            if fixed.base_first * plan.width < rs.seen_wm - self._retention:
+                # Judging what is left would compare against a truncated baseline: never that.
+                j = _history_lost(spec)
+            elif fixed.base.samples <= 0 and post.samples <= 0:
+                j = _no_data(spec)
+            else:
+                refs = [
+                    Reference(name, days, bref, _head(pref, n_post))
+                    for name, days, bref, pref in fixed.refs
+                    if _covers(bref, fixed.n_base) and _covers(_head(pref, n_post), np_)
+                ]
+                j = self._judge(spec, fixed.base, post, refs, look=kpi_look, alpha=self.alpha)
+                seasonal = _kind(j.reference)
+                if fixed.note:
+                    j = dataclasses.replace(j, reason=j.reason + fixed.note)
             if others:
                 j = _confound(j, others)
-            if phase == "interim":
+            final = kpi_look.last or j.verdict in ("improved", "degraded", "neutral", "confounded")
+            if not final:
                 last = rs.interim.get(spec.name)
                 if last is not None and last[0] == j.verdict:
                     continue
@@ -741,15 +774,15 @@ class ImpactEngine:
                 release_time=r.time,
                 kpi=spec.name,
                 critical=spec.critical,
-                phase=phase,
+                phase="final" if final else "interim",
                 revision=revision,
-                baseline_window=(plan.base_first * w, plan.base_stop * w),
+                baseline_window=(fixed.base_first * w, plan.base_stop * w),
                 post_window=(plan.post_first * w, plan.post_stop * w),
                 judgement=j,
                 seasonal_reference=seasonal,
                 extra=extra,
             )
-            if phase == "final":
+            if final:
                 rs.final[spec.name] = rec
             out.append(rec)
         return out
@@ -784,7 +817,7 @@ class ImpactEngine:
             {
                 "release": dataclasses.asdict(rs.release),
                 "seen_wm": rs.seen_wm if math.isfinite(rs.seen_wm) else None,
-                "next": rs.next_checkpoint,
+                "next": rs.next_look,
                 "finalized": rs.finalized,
                 "interim": [[k, v, n] for k, (v, n) in sorted(rs.interim.items())],
                 "final": [dataclasses.asdict(rs.final[k]) for k in sorted(rs.final)],
@@ -817,7 +850,7 @@ class ImpactEngine:
             rs = _ReleaseState(
                 _release_from(item["release"]),
                 seen_wm=item["seen_wm"] if item["seen_wm"] is not None else -math.inf,
-                next_checkpoint=item["next"],
+                next_look=item["next"],
                 finalized=item["finalized"],
                 interim={k: (v, n) for k, v, n in item["interim"]},
                 final={rec["kpi"]: _record_from(rec) for rec in item["final"]},
@@ -908,16 +941,67 @@ class ImpactEngine:
             scope = self._release_scope(r)
             out = []
             for spec in st.specs:
-                plan = plan_windows(spec, r.time)
-                b0, b1, p0, p1 = plan.base_first, plan.base_stop, plan.post_first, plan.post_stop
-                base, nb = self._window(st, spec, b0, b1, scope, None, horizon)
-                post, np_ = self._window(st, spec, p0, p1, scope, None, horizon)
-                base_ref, post_ref, _, label, _ = self._references(
-                    st, spec, plan, scope, horizon, (nb, np_), r
+                fixed = self._fixed_windows(st, rs, spec, horizon)
+                rec = rs.final.get(spec.name)
+                if rec is not None:
+                    end = rec.post_window[1]
+                else:
+                    end = self._look(st, rs, max(rs.next_look - 1, 0))[1].info_fraction
+                    end = r.time + end * max(spec.max_horizon_seconds, spec.post_seconds)
+                plan = plan_windows(spec, r.time, max(end - r.time, 0.0))
+                post, _ = self._window(
+                    st, spec, plan.post_first, plan.post_stop, scope, None, horizon
                 )
-                out.append(KpiWindows(spec, base, post, base_ref, post_ref, label))
+                n = plan.post_stop - plan.post_first
+                ref = fixed.refs[0] if fixed.refs else None
+                label = rec.judgement.reference if rec is not None else None
+                out.append(
+                    KpiWindows(
+                        spec,
+                        fixed.base,
+                        post,
+                        ref[2] if ref else None,
+                        _head(ref[3], n) if ref else None,
+                        label or (ref[0] if ref else None),
+                    )
+                )
+            if not rs.finalized:
+                self._drop_fixed(r.service, r.id)  # a read changes nothing
             return out
         return []
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Fixed:
+    """A release's windows for one KPI that no later look changes."""
+
+    base_first: int
+    base: WindowData
+    n_base: int  # baseline buckets with data
+    refs: tuple[tuple[str, int, WindowData, WindowData], ...]  # (label, days, base, full post)
+    note: str
+
+
+def _head(w: WindowData, n: int) -> WindowData:
+    """The first `n` buckets of a window."""
+    if n >= len(w.num):
+        return w
+    counts = w.counts[:n]
+    width = (w.end - w.start) / len(w.num) if w.num else 0.0
+    return WindowData(w.start, w.start + n * width, w.num[:n], w.den[:n], math.fsum(counts), counts)
+
+
+def _covers(ref: WindowData, judged: int) -> bool:
+    """A reference is used only when it holds data in most of the buckets the judged one does."""
+    got = sum(1 for d in ref.den if d > 0)
+    return got >= max(1, math.ceil(REFERENCE_COVERAGE * judged))
+
+
+def _kind(label: str | None) -> str | None:
+    """The record's seasonal_reference: "weekly", "daily", "control" or None."""
+    if label is None:
+        return None
+    return "weekly" if "weekly" in label else "daily" if "daily" in label else label
 
 
 def _pool(windows: Sequence[WindowData]) -> WindowData:

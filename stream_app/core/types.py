@@ -30,8 +30,10 @@ class KpiSpec:
     quantile: float | None = None  # e.g. 0.95 for p95 latency
     direction: Direction = "up"  # the good direction
     min_change: float = 0.02  # smallest relative change that matters (0.02 = 2 %)
-    baseline_seconds: float = 3600.0
-    post_seconds: float = 3600.0
+    baseline_seconds: float = 14400.0  # longest baseline; it stops at the previous release
+    post_seconds: float = 600.0  # minimum post window: the first look
+    max_horizon_seconds: float = 14400.0  # longest post window: the last look
+    overlap_seconds: float = 3600.0  # releases of a service closer than this confound each other
     bucket_seconds: float = 60.0
     min_buckets: int = 10  # per window, buckets that hold data
     min_samples: int = 30  # per window, raw observations (sum of counts)
@@ -57,7 +59,8 @@ class WindowData:
 
     For every aggregation the window's value is ``sum(num) / sum(den)`` and bucket i's value is
     ``num[i] / den[i]``:
-      - sum: num = bucket sum (0 for a bucket without samples), den = 1;
+      - sum: num = bucket sum, den = 1 when the service reported any sample in the bucket, 0
+        when it reported nothing (an outage is missing data, not a zero);
       - mean: num = sum of values, den = number of observations (0 when empty);
       - ratio: num = numerator stream's sum, den = denominator stream's sum;
       - quantile: num = the bucket's quantile, den = 1 (0 when the bucket is empty).
@@ -69,6 +72,7 @@ class WindowData:
     num: tuple[float, ...]
     den: tuple[float, ...]
     samples: float
+    counts: tuple[float, ...] = ()  # observations per bucket (quantile KPIs: their noise)
 
     @property
     def value(self) -> float | None:
@@ -101,6 +105,10 @@ class KpiJudgement:
     method: str = ""  # e.g. "delta-log-ratio+seasonal(weekly)"
     more_buckets_needed: int | None = None  # for inconclusive: how much more data would tell
     confounders: tuple[str, ...] = ()  # ids of overlapping releases
+    coverage: float | None = None  # share of the post window's buckets that hold data
+    reference: str | None = None  # the counterfactual's reference ("weekly+3 daily", ...)
+    detectable_low: float | None = None  # inconclusive at the horizon: the data rules out
+    detectable_high: float | None = None  # changes beyond these (the last look's interval)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,20 @@ class ImpactEvent(BaseModel):
     more_buckets_needed: int | None = None
     confounders: list[str] = Field(default_factory=list, description="Ids of overlapping releases.")
     seasonal_reference: str | None = None
+    reference: str | None = Field(
+        default=None, description='The counterfactual\'s references, e.g. "weekly+daily x3".'
+    )
+    coverage: float | None = Field(
+        default=None, description="Share of the post window's buckets holding data."
+    )
+    detectable_low: float | None = Field(
+        default=None,
+        description="Inconclusive at the horizon: the data rules out changes below this.",
+    )
+    detectable_high: float | None = Field(
+        default=None,
+        description="Inconclusive at the horizon: the data rules out changes above this.",
+    )
     extra: dict[str, str] = Field(default_factory=dict)
 
 
@@ -93,5 +107,9 @@ def impact_event(rec: VerdictRecord) -> ImpactEvent:
         more_buckets_needed=None if j.more_buckets_needed is None else int(j.more_buckets_needed),
         confounders=list(j.confounders),
         seasonal_reference=rec.seasonal_reference,
+        reference=j.reference,
+        coverage=finite(j.coverage),
+        detectable_low=finite(j.detectable_low),
+        detectable_high=finite(j.detectable_high),
         extra=dict(rec.extra),
     )

@@ -74,7 +74,8 @@ def test_bundled_catalog_ships_the_documented_kpis() -> None:
     assert by_name["error_rate"].direction == "down"
     assert by_name["cart_value"].aggregation == "mean"
     for k in cat.kpis:
-        assert (k.baseline_seconds, k.post_seconds, k.bucket_seconds) == (3600.0, 3600.0, 60.0)
+        assert (k.baseline_seconds, k.post_seconds, k.bucket_seconds) == (14400.0, 600.0, 60.0)
+        assert (k.max_horizon_seconds, k.overlap_seconds) == (14400.0, 3600.0)
         assert k.min_change == pytest.approx(0.02)
         assert k.seasonality == "auto"
     assert cat.scope_labels == ("region", "version")
@@ -153,7 +154,7 @@ def test_fractions_accept_percent_strings_and_numbers() -> None:
 
 
 def test_retention_covers_windows_season_and_lateness() -> None:
-    base = 'baseline = "1h"\npost = "30m"\nallowed_lateness = "5m"\n'
+    base = 'baseline = "1h"\npost = "10m"\nmax_horizon = "30m"\nallowed_lateness = "5m"\n'
     weekly = parse_catalog(MINIMAL + base + 'seasonality = "auto"\n')
     daily = parse_catalog(MINIMAL + base + 'seasonality = "daily"\n')
     none = parse_catalog(MINIMAL + base + 'seasonality = "none"\n')
@@ -246,6 +247,8 @@ def test_kpis_sharing_a_stream_must_share_the_bucket_width() -> None:
             numerator="orders",
             denominator="sessions",
             bucket="5m",
+            post="1h",
+            max_horizon="1h",
         )
     )
     assert "kpi 'conversion': field 'bucket': stream 'orders' already uses 60s buckets" in msg

@@ -185,12 +185,13 @@ def test_an_open_release_shows_its_interim_verdicts(events: list[codec.Decoded])
     bad = bad_release(p)
     assert not bad["finalized"]
     phases = {v["phase"] for v in bad["verdicts"].values()}
-    assert phases <= {"interim"}
+    # Some KPIs are still being watched (interim), while a large drop may be decided already.
+    assert "interim" in phases
     d = views.release_view(p, bad["id"])
     assert d is not None
     post = next(k for k in d["kpis"] if k["kpi"] == "conversion")["post"]
-    # Buckets after the newest event are empty, not zero.
-    assert post["values"][-1] is None
+    # The post window drawn is what the looks have read so far (not a window of zeros).
+    assert 0 < len(post["values"]) <= 40 and None not in post["values"][:5]
 
 
 # ------------------------------------------------------------------------------ DORA

@@ -69,7 +69,7 @@ def render(world: str, figs: dict[str, Figures]) -> str:
     """One text table: rows are the figures, columns the KPIs and "all"; cells share (hits/n)."""
     cols = list(figs)
     names = list(next(iter(figs.values())).rates)
-    width = 15
+    width = 17
     lines = [
         f"== world {world}",
         f"{'figure':34}{'target':>18}" + "".join(f"{c:>{width}}" for c in cols),

@@ -186,6 +186,10 @@ RATES: dict[str, tuple[Callable[[Truth], bool], Callable[[Scored], bool]]] = {
         lambda t: not t.gap and t.neutral and not t.overlapping,
         lambda p: p.verdict in CALLS,
     ),
+    "low_traffic_neutral_called": (
+        lambda t: t.low_traffic and t.neutral and not t.overlapping,
+        lambda p: p.verdict in CALLS,
+    ),
     "missing_final": (lambda t: True, lambda p: p.verdict == MISSING),
 }
 TARGETS: dict[str, str] = {
@@ -197,6 +201,7 @@ TARGETS: dict[str, str] = {
     "surge_neutral_called": "0",
     "gap_neutral_called": "never by the gap",
     "nogap_neutral_called": "",
+    "low_traffic_neutral_called": "<= 1 %",
     "missing_final": "0",
     "first_degraded": "median <= 30 min",
 }

@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from scipy.special import ndtr
 
 from stream_app.events.model import KpiSample, Release
-from stream_app.sim.truth import MAX_HORIZON, OVERLAP_SECONDS, Direction, Truth
+from stream_app.sim.truth import LOW_ORDERS, MAX_HORIZON, OVERLAP_SECONDS, Direction, Truth
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -540,6 +540,7 @@ def truth(world: ShopWorld) -> list[Truth]:
         seen = _subset(r, ~gone)
         variances = log_variances(seen)
         bump = surge_bump(np.arange(rel.time - 3600.0, alone_end, 60.0))
+        low = float((r.sessions[:60] * r.conversion[:60]).mean()) < LOW_ORDERS
         for kpi, direction in KPIS.items():
             lever = LEVER_OF_KPI.get(kpi)
             e = rel.effects.get(lever, 0.0) if lever else 0.0
@@ -558,6 +559,7 @@ def truth(world: ShopWorld) -> list[Truth]:
                     overlaps=overlaps,
                     surge=bool(bump.max() > 0),
                     gap=bool(gone.any()),
+                    low_traffic=low,
                 )
             )
     return out

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from stream_app.events.model import Incident, KpiSample, Release, WorkflowEvent
-from stream_app.sim.truth import MAX_HORIZON, OVERLAP_SECONDS, Direction, Truth
+from stream_app.sim.truth import LOW_ORDERS, MAX_HORIZON, OVERLAP_SECONDS, Direction, Truth
 from stream_app.simulate import (
     KPI_DIRECTION,
     Scenario,
@@ -71,6 +71,9 @@ def sim_truth(scenario: Scenario) -> list[Truth]:
             for j, p in enumerate(scenario.releases)
             if j != idx and p.service == plan.service and abs(p.time - t) < OVERLAP_SECONDS
         )
+        first_hour = min(alone_end, t + 3600.0)
+        first = _expected(scenario, s, t, first_hour, active, latency=False)
+        low = first.orders / ((first_hour - t) / 60.0) < LOW_ORDERS
         times = np.arange(t, alone_end, 60.0, dtype=np.float64)
         lam = _base_rates(scenario, times)[0][s] / scenario.samples_per_minute
         var_sessions = (
@@ -100,6 +103,7 @@ def sim_truth(scenario: Scenario) -> list[Truth]:
                     alone_end=alone_end,
                     se=math.sqrt(var),
                     overlaps=overlaps,
+                    low_traffic=low,
                 )
             )
     return out

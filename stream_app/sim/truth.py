@@ -11,6 +11,7 @@ MIN_CHANGE = 0.02  # the bundled catalog's min_change
 BIG = 0.05  # "drops of 5 % or more"
 MIN_Z = 3.0  # oracle standard errors a visible drop needs
 OVERLAP_SECONDS = 3600.0  # another release of the service this close: the pair overlaps
+LOW_ORDERS = 2.0  # expected orders a minute below which a release lands on thin traffic
 
 Direction = Literal["up", "down", "either"]
 
@@ -36,6 +37,8 @@ class Truth:
         overlaps: ids of the service's releases less than OVERLAP_SECONDS away (either side).
         surge: the release's windows ([time - 1 h, alone_end)) touch the Monday-morning surge.
         gap: a telemetry outage (minutes without any sample of the service) inside A.
+        low_traffic: fewer than LOW_ORDERS expected orders a minute over A's first hour (minutes
+            without any order are common, >= 1 in 8: a quiet night of the small service).
     """
 
     world: str
@@ -51,6 +54,7 @@ class Truth:
     overlaps: tuple[str, ...] = ()
     surge: bool = False
     gap: bool = False
+    low_traffic: bool = False
 
     @property
     def overlapping(self) -> bool:

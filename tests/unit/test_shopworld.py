@@ -155,6 +155,8 @@ def test_the_default_seeds_hold_enough_releases_and_every_kind_of_case() -> None
     assert sum(t.effect > 0.05 for t in conv) >= 30  # gains
     assert sum(t.surge and t.neutral for t in conv) >= 10
     assert sum(t.gap for t in conv) >= 50
+    assert sum(t.low_traffic and t.neutral for t in conv) >= 20
+    assert {t.service for t in conv if t.low_traffic} == {"atelier"}
     assert sum(t.overlapping for t in truths if t.kpi == "conversion") >= 50
 
 

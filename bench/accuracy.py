@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"releases: {releases}")
         out["worlds"][w] = {
             "releases": releases,
-            "figures": {k: asdict(f) for k, f in figs.items()},
+            "figures": {k: _as_json(f) for k, f in figs.items()},
         }
     wall = time.perf_counter() - started
     print(f"\nwall time {wall:.1f} s with {args.jobs} process(es)")
@@ -149,6 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is not None:
         args.out.write_text(json.dumps(_finite(out), indent=2) + "\n")
     return 0
+
+
+def _as_json(f: Figures) -> dict[str, Any]:
+    """The figures as plain data, each rate with its share."""
+    d = asdict(f)
+    for name, r in f.rates.items():
+        d["rates"][name]["share"] = r.share
+    return d
 
 
 def _finite(x: Any) -> Any:

@@ -1,0 +1,1 @@
+"""Independent simulated worlds and an oracle-graded accuracy scorer for the release judge."""

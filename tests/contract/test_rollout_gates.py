@@ -238,3 +238,8 @@ def test_the_query_answers_1_0_or_nothing_over_series_shaped_as_the_worker_expor
         [_promtool(), "test", "rules", str(path)], capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_readme_shows_the_query_the_templates_run() -> None:
+    readme = (gates.ROOT / "README.md").read_text()
+    assert gates.render_argo("checkout", "1.4.2").strip() in readme

@@ -51,7 +51,7 @@ def render_argo(service: str, version: str) -> str:
 
     out = re.sub(r"\{\{args\.([\w-]+)\}\}", arg, query)
     assert "{{" not in out, out
-    return out
+    return out.strip()
 
 
 def render_flagger(variables: dict[str, str]) -> str:
@@ -64,19 +64,27 @@ def render_flagger(variables: dict[str, str]) -> str:
     query: str = one("flagger.yaml", "MetricTemplate")["spec"]["query"]
     out = re.sub(r"\{\{\s*variables\.(\w+)\s*\}\}", lambda m: variables[m.group(1)], query)
     assert "{{" not in out, out
-    return out
+    return out.strip()
 
 
 def render_keptn(args: dict[str, str]) -> str:
-    """The Keptn query rendered with the Analysis ``args``.
+    """The Keptn query rendered with the Analysis ``args``, stripped of surrounding whitespace.
 
     Keptn executes the query as a Go template over the args map without ``missingkey``
-    (controllers/analysis/provider_selector.go): a missing arg renders as ``<no value>``.
+    (controllers/analysis/provider_selector.go): a missing arg renders as ``<no value>`` and is
+    false in an ``if``. The template's one ``if and .service .version``/``else`` is evaluated here.
     """
     query: str = one("keptn.yaml", "AnalysisValueTemplate")["spec"]["query"]
-    out = re.sub(r"\{\{\s*\.(\w+)\s*\}\}", lambda m: args.get(m.group(1), "<no value>"), query)
+    m = re.fullmatch(
+        r"\s*\{\{ if and \.service \.version \}\}(.*)\{\{ else \}\}(.*)\{\{ end \}\}\s*",
+        query,
+        re.DOTALL,
+    )
+    assert m is not None, query
+    body = m.group(1) if args.get("service") and args.get("version") else m.group(2)
+    out = re.sub(r"\{\{\s*\.(\w+)\s*\}\}", lambda v: args.get(v.group(1), "<no value>"), body)
     assert "{{" not in out, out
-    return out
+    return out.strip()
 
 
 _OPS: dict[str, Callable[[float, float], bool]] = {

@@ -20,13 +20,21 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from stream_app.core.types import KpiJudgement, Phase, Verdict, VerdictRecord
+from stream_app.metrics import Metrics
 from tests.contract import rollout_gates as gates
 
 CRDS = Path(__file__).resolve().parent / "data" / "crds"
 FILES = ("argo-rollouts.yaml", "flagger.yaml", "keptn.yaml")
 # The Canary's thresholdRange the README documents for the Flagger check.
 FLAGGER_MAX = 0.0
+GATE_SERIES = (
+    "valueloop_release_degraded",
+    "valueloop_release_info",
+    "valueloop_watermark_timestamp_seconds",
+)
 KEPTN_MISSING_ARGS = "the valueloop Analysis needs the args service and version"
 
 
@@ -155,22 +163,43 @@ def test_the_condition_evaluator_follows_argo() -> None:
         gates.eval_condition("all(result, {# < 1})", [0.0])
 
 
-def _series(service: str, instance: str, **labels: str) -> str:
-    inner = ",".join(f'{k}="{v}"' for k, v in {"service": service, **labels}.items())
-    return f'{{job="valueloop",instance="{instance}:9108",{inner}}}'
+def _verdict(
+    m: Metrics, service: str, version: str, kpi: str, phase: Phase, verdict: Verdict
+) -> None:
+    """Feed one verdict to the worker's metric set (conversion is critical, sessions is not)."""
+    m.observe_verdict(
+        VerdictRecord(
+            release_id=f"{service}@{version}",
+            service=service,
+            version=version,
+            release_time=float(version),  # the versions here are numbers: later ones are newer
+            kpi=kpi,
+            critical=kpi == "conversion",
+            phase=phase,
+            revision=1,
+            baseline_window=(0.0, 3600.0),
+            post_window=(3600.0, 7200.0),
+            judgement=KpiJudgement(
+                kpi=kpi,
+                verdict=verdict,
+                reason="test",
+                reason_code="significant",
+            ),
+        )
+    )
 
 
-def _worker(service: str, version: str | None, degraded: dict[tuple[str, str], int]) -> list[str]:
-    """Series one worker exports for a service: (critical, phase) -> degraded value."""
-    inst = f"w-{service}"
-    lines = [f"valueloop_watermark_timestamp_seconds{_series(service, inst)} 1e9x10"]
-    if version is not None:
-        lines.append(f"valueloop_release_info{_series(service, inst, version=version)} 1x10")
-    for (critical, phase), v in degraded.items():
-        kpi = "conversion" if critical == "true" else "sessions"
-        s = _series(service, inst, kpi=kpi, critical=critical, phase=phase)
-        lines.append(f"valueloop_release_degraded{s} {v}x10")
-    return lines
+def _input_series(m: Metrics, instance: str) -> list[dict[str, str]]:
+    """The worker's exposition as promtool input series, with the labels a scrape adds."""
+    series = []
+    for family in text_string_to_metric_families(m.render().decode()):
+        for sample in family.samples:
+            if not sample.name.startswith(GATE_SERIES):
+                continue
+            labels = {"job": "valueloop", "instance": f"{instance}:9108", **sample.labels}
+            inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
+            series.append({"series": f"{sample.name}{{{inner}}}", "values": f"{sample.value:g}x10"})
+    return series
 
 
 def _promtool() -> str:
@@ -182,35 +211,38 @@ def _promtool() -> str:
     return path
 
 
-def test_the_query_answers_1_0_or_nothing_over_series_shaped_as_the_worker_exports(
+def test_the_query_answers_1_0_or_nothing_over_the_series_the_worker_exports(
     tmp_path: Path,
 ) -> None:
-    crit, other = "true", "false"
-    series: list[str] = [
-        # checkout 2.0 degraded a critical KPI at an interim look
-        *_worker("checkout", "2.0", {(crit, "interim"): 1, (crit, "final"): 0}),
-        # payments 5.1 degraded it in its final verdict
-        *_worker("payments", "5.1", {(crit, "interim"): 0, (crit, "final"): 1}),
-        # search 2.7 degraded only a non-critical KPI
-        *_worker("search", "2.7", {(crit, "final"): 0, (other, "final"): 1, (other, "interim"): 0}),
-        # catalog has samples but no judged release yet
-        *_worker("catalog", None, {}),
-    ]
-    # After a rebalance the former owner of "cart" still exports its old release (2.9, degraded)
-    # until it is scraped away: the join on instance keeps each worker's series apart.
-    series += _worker("cart", "3.0", {(crit, "final"): 0})
-    series += [
-        f"valueloop_release_info{_series('cart', 'w-old', version='2.9')} 1x10",
-        f"valueloop_release_degraded{_series('cart', 'w-old', kpi='conversion', critical=crit, phase='final')} 1x10",  # noqa: E501
-    ]
+    w1 = Metrics()
+    # checkout: 1.9 neutral, then 2.0 degrades the critical KPI at an interim look.
+    _verdict(w1, "checkout", "1.9", "conversion", "final", "neutral")
+    _verdict(w1, "checkout", "2.0", "conversion", "interim", "degraded")
+    _verdict(w1, "checkout", "2.0", "sessions", "interim", "inconclusive")
+    # payments 5.1: degraded in the final verdict.
+    _verdict(w1, "payments", "5.1", "conversion", "interim", "inconclusive")
+    _verdict(w1, "payments", "5.1", "conversion", "final", "degraded")
+    # search 2.7: an interim early warning the final verdict overturns.
+    _verdict(w1, "search", "2.7", "conversion", "interim", "degraded")
+    _verdict(w1, "search", "2.7", "conversion", "final", "neutral")
+    # cart 3.0: degraded only a non-critical KPI.
+    _verdict(w1, "cart", "3.0", "conversion", "final", "neutral")
+    _verdict(w1, "cart", "3.0", "sessions", "final", "degraded")
+    for service in ("checkout", "payments", "search", "cart", "catalog"):
+        w1.watermark.labels(service).set(1e9)  # catalog: samples, no judged release yet
+    # After a rebalance the former owner of cart still exports its older release until scraped
+    # away: the join on instance keeps each worker's series apart.
+    w2 = Metrics()
+    _verdict(w2, "cart", "2.9", "conversion", "final", "degraded")
+    w2.watermark.labels("cart").set(1e9)
     cases = [
         ("checkout", "2.0", 1),
+        ("checkout", "1.9", 0),  # superseded: no longer the release valueloop judged last
         ("payments", "5.1", 1),
-        ("checkout", "1.9", 0),  # a superseded version: not the one valueloop judged last
         ("search", "2.7", 0),
-        ("catalog", "1.0", 0),
         ("cart", "3.0", 0),
         ("cart", "2.9", 1),
+        ("catalog", "1.0", 0),
         ("ghost", "1.0", None),  # valueloop has no data for the service: no value, never a pass
     ]
     tests = [
@@ -227,9 +259,7 @@ def test_the_query_answers_1_0_or_nothing_over_series_shaped_as_the_worker_expor
         "tests": [
             {
                 "interval": "1m",
-                "input_series": [
-                    {"series": s.rsplit(" ", 1)[0], "values": s.rsplit(" ", 1)[1]} for s in series
-                ],
+                "input_series": _input_series(w1, "w1") + _input_series(w2, "w2"),
                 "promql_expr_test": tests,
             }
         ],

@@ -19,6 +19,7 @@ from stream_app import codec, simulate
 from stream_app.demo import Processes, firing_alerts, http_get, start_prometheus
 from stream_app.producer import Sender, ensure_topics
 from stream_app.settings import Settings
+from tests.contract import rollout_gates as gates
 from tests.contract.dashboards import dashboard_queries
 from tests.integration.workerproc import WorkerProc, start_worker, topic_env
 
@@ -30,6 +31,32 @@ def _query(prom: str, expr: str) -> list[dict[str, Any]]:
     status, body = http_get(f"{prom}/api/v1/query?query={urllib.parse.quote(expr)}")
     assert status == 200, (expr, body[:300])
     return list(orjson.loads(body)["data"]["result"])
+
+
+def _query_range(
+    prom: str, expr: str, start: float, end: float, step: float
+) -> list[dict[str, Any]]:
+    q = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": step})
+    status, body = http_get(f"{prom}/api/v1/query_range?{q}")
+    assert status == 200, (expr, body[:300])
+    return list(orjson.loads(body)["data"]["result"])
+
+
+def _gate(prom: str, since: float, service: str, version: str) -> tuple[list[float], list[str]]:
+    """The gates' query for (service, version) now: values, and Argo's, Flagger's, Keptn's call."""
+    args = {"service": service, "version": version}
+    expr = gates.render_argo(service, version)
+    assert expr == gates.render_flagger(args) == gates.render_keptn(args)
+    values = [float(s["value"][1]) for s in _query(prom, expr)]
+    # Keptn runs a range query and needs one series across it: over the whole run, where the
+    # release went from unjudged to judged, both sides of the `or` must merge into one.
+    now = time.time()
+    whole = _query_range(prom, expr, since, now, 2)
+    assert len(whole) <= 1, whole
+    # Keptn reads the first point of its timeframe (here `recent` of 1 s: the value now).
+    keptn = gates.keptn_outcome(gates.keptn_value(_query_range(prom, expr, now - 1, now, 60)))
+    calls = [gates.argo_phase(gates.argo_metric(), values), gates.flagger_outcome(0, values), keptn]
+    return values, calls
 
 
 def _wait_consumed(worker: WorkerProc, n: int, timeout: float = 240) -> None:
@@ -84,6 +111,7 @@ def test_alerts_fire_for_the_bad_release_and_every_panel_has_data(
     try:
         prom = start_prometheus(procs, tmp_path, worker.port, dict(os.environ), Console(quiet=True))
         assert prom is not None
+        since = time.time()
         for e in first:
             sender.send(topics[codec.role_of(e)], codec.encode(e), codec.key_of(e))
         sender.flush(60)
@@ -98,6 +126,34 @@ def test_alerts_fire_for_the_bad_release_and_every_panel_has_data(
         assert neutral and not any(s in neutral for s, _, _ in fired), fired
         for a in alerts:
             assert a["annotations"]["summary"] and a["annotations"]["runbook"]
+
+        # Rollout gates (deploy/rollouts): 1 and a failed analysis for the bad release, 0 and a
+        # pass for a judged neutral one, no value (never a pass) for a service valueloop lacks.
+        values, calls = _gate(prom, since, "checkout", plans[bad].version)
+        assert values == [1.0], values
+        assert calls == ["Failed", "halt: above max", "fail"], calls
+        info = 'valueloop_release_info{{service="{}",version="{}"}}'
+        verdicts = 'valueloop_release_degraded{{service="{}",critical="true"}}'
+        judged = [
+            p
+            for p in plans.values()
+            if p.service in neutral
+            and p.time < rollback
+            and _query(prom, info.format(p.service, p.version))
+            and _query(prom, verdicts.format(p.service))
+        ]
+        assert judged, "no neutral release judged before the rollback"
+        for p in judged:
+            values, calls = _gate(prom, since, p.service, p.version)
+            assert values == [0.0], (p, values)
+            assert calls == ["Successful", "pass", "pass"], (p, calls)
+        # The bad release's version asked of another service, and a service without data.
+        assert _gate(prom, since, judged[0].service, plans[bad].version)[0] == [0.0]
+        values, calls = _gate(prom, since, "no-such-service", "1.0.0")
+        assert values == [] and calls[0] == "Error" and "no values" in calls[1] + calls[2], calls
+        # Keptn without the version arg: Prometheus refuses what the template renders instead.
+        missing = urllib.parse.quote(gates.render_keptn({"service": "checkout"}))
+        assert http_get(f"{prom}/api/v1/query?query={missing}")[0] == 400
 
         # Phase 2: the rest of the story (rollback, incident resolved, more releases).
         for e in rest:

@@ -93,7 +93,6 @@ def test_every_alert_has_a_summary_description_and_runbook() -> None:
     alerts = _alerts()
     assert {
         "ReleaseDegradedCriticalKPI",
-        "ReleaseDegradedEarlyWarning",
         "ReleaseVerdictStuckInconclusive",
         "ChangeFailureRateHigh",
         "BottleneckWaitGrowing",
@@ -111,14 +110,14 @@ def test_every_alert_has_a_summary_description_and_runbook() -> None:
         assert rule["labels"]["severity"] in {"page", "ticket"}, name
 
 
-def test_critical_degradation_pages_at_once_and_early_warning_tickets() -> None:
+def test_critical_degradation_pages_at_once_interim_or_final() -> None:
     alerts = _alerts()
     page = alerts["ReleaseDegradedCriticalKPI"]
     assert page["labels"]["severity"] == "page"
     assert page.get("for", "0m") in {"0m", "0s"}
-    assert 'critical="true"' in page["expr"] and 'phase="final"' in page["expr"]
-    early = alerts["ReleaseDegradedEarlyWarning"]
-    assert early["labels"]["severity"] == "ticket" and 'phase="interim"' in early["expr"]
+    # A decisive verdict pages at the look that decides it, whatever its phase.
+    assert 'critical="true"' in page["expr"] and "phase" not in page["expr"]
+    assert "ReleaseDegradedEarlyWarning" not in alerts
 
 
 def test_prometheus_config_passes_promtool_check() -> None:

@@ -1055,7 +1055,8 @@ def demo_scenario(
     return Scenario(
         seed=seed,
         start=start,
-        duration_seconds=_at(day, "19:00") - start,
+        # Until the last release's 4 h horizon has closed (plus the allowed lateness).
+        duration_seconds=_at(day, "21:10") - start,
         services=tuple(service_profile(n) for n in names),
         releases=tuple(rel),
         incidents=(incident,),

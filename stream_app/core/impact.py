@@ -199,6 +199,19 @@ def _history_missing(spec: KpiSpec, first: float) -> KpiJudgement:
     )
 
 
+def _no_reference(spec: KpiSpec) -> KpiJudgement:
+    return KpiJudgement(
+        kpi=spec.name,
+        verdict="inconclusive",
+        reason=(
+            "no reference yet: no week-ago windows and no earlier day of the same kind (Monday, "
+            "Tuesday-Friday, Saturday, Sunday) with data at these hours, so the shape of the day "
+            'cannot be told from the release\'s effect (seasonality = "none" judges without one)'
+        ),
+        reason_code="no-reference",
+    )
+
+
 def _confound(j: KpiJudgement, ids: tuple[str, ...]) -> KpiJudgement:
     return dataclasses.replace(
         j,
@@ -645,59 +658,46 @@ class ImpactEngine:
             after = first_seen if after is None else max(after, first_seen)
         plan = plan_windows(spec, r.time, None, after)
         full = plan_windows(spec, r.time, spec.max_horizon_seconds, after)
-        if spec.seasonality == "none" or not self._has_history(st, spec, plan, full):
-            # No earlier day to tell the shape of the day: a long baseline would read the daily
-            # ramp as the release's effect, so the windows stay short (see `_judge_release`).
-            short = dataclasses.replace(spec, baseline_seconds=spec.overlap_seconds)
-            plan = plan_windows(short, r.time, None, after)
         scope = self._release_scope(r)
         base, nb = self._window(st, spec, plan.base_first, plan.base_stop, scope, None, horizon)
-        refs: list[tuple[str, int, WindowData, WindowData]] = []
-        skipped: list[str] = []
+        refs: list[tuple[str, int, WindowData, WindowData, int, int]] = []
         for name, days in _SEASONS[spec.seasonality]:
             k = round(days * DAY_SECONDS / plan.width)
             lo, hi = (plan.base_first - k) * plan.width, (full.post_stop - k) * plan.width
             if lo < first_seen:
                 continue  # before the stream's first sample: no history, not zeros
-            # A reference stands for "the same hours without a release": one holding a release
-            # of the service may carry that release's step. It stays a candidate, marked, and the
-            # judge leaves it out when its factor is out of line with the clean ones.
-            inside = sorted(
-                o.release.id
-                for o in st.releases.values()
-                if o.release is not r and lo <= o.release.time < hi
-            )
-            if inside:
-                skipped.append(f"{days}d ago ({', '.join(inside)})")
-                name = f"{name}-with-release"
+            span = (plan.base_first * plan.width, full.post_stop * plan.width)
+            if name == "daily" and not _same_days(span[0], r.time, span[1], days):
+                # Another kind of day at the same hours (a Sunday for a Monday, or a span that
+                # crosses the Sunday->Monday step where this one does not): its shape is not
+                # this day's. Only the week-ago windows stand for any day.
+                continue
             bref, _ = self._window(
                 st, spec, plan.base_first - k, plan.base_stop - k, scope, None, horizon
             )
             pref, _ = self._window(
                 st, spec, full.post_first - k, full.post_stop - k, scope, None, horizon
             )
-            refs.append((name, days, bref, pref))
+            # A reference stands for "the same hours without a release". A release of the service
+            # on that day splits it: its baseline is used only after that release, its post window
+            # only before it (see `_judge_release`), so no step of another release is read.
+            cut, clean = 0, len(pref.num)
+            for o in st.releases.values():
+                tau = o.release.time
+                if o.release is r or not lo <= tau < hi:
+                    continue
+                if tau < bref.end:
+                    cut = max(cut, math.ceil((tau - bref.start) / plan.width - 1e-9))
+                else:
+                    clean = min(clean, max(0, math.floor((tau - pref.start) / plan.width + 1e-9)))
+            refs.append((name, days, bref, pref, cut, clean))
         if scope:
             bref, _ = self._window(st, spec, plan.base_first, plan.base_stop, "", scope, horizon)
             pref, _ = self._window(st, spec, full.post_first, full.post_stop, "", scope, horizon)
-            refs.append(("control", 0, bref, pref))
+            refs.append(("control", 0, bref, pref, 0, len(pref.num)))
         got = _Fixed(plan.base_first, base, nb, tuple(refs), "")
         self._fixed[key] = got
         return got
-
-    @staticmethod
-    def _short(spec: KpiSpec, fixed: _Fixed) -> float:
-        """The longest post window a KPI's look reads (short without a reference)."""
-        return math.inf if fixed.refs else spec.overlap_seconds
-
-    def _has_history(self, st: _ServiceState, spec: KpiSpec, plan: _Plan, full: _Plan) -> bool:
-        """Whether some seasonal candidate's windows lie after the stream's first sample."""
-        first = self._first_seen(st, spec)
-        for _, days in _SEASONS[spec.seasonality]:
-            k = round(days * DAY_SECONDS / plan.width)
-            if (plan.base_first - k) * plan.width >= first:
-                return True
-        return False
 
     def _drop_fixed(self, service: str, release_id: str | None = None) -> None:
         for key in [k for k in self._fixed if k[0] == service and release_id in (None, k[1])]:
@@ -721,10 +721,13 @@ class ImpactEngine:
                 continue
             fixed = self._fixed_windows(st, rs, spec, horizon)
             kpi_look = look
-            if not fixed.refs and elapsed >= spec.overlap_seconds:
-                # Without a reference the post window stays as short as the baseline.
+            reach = _reference_reach(fixed, spec)
+            if reach is not None and elapsed >= reach:
+                # Every reference day has a release of its own by then: the look there is the
+                # last this KPI can take with a reference.
+                elapsed = max(reach, min(spec.post_seconds, elapsed))
                 kpi_look = dataclasses.replace(look, last=True)
-            plan = plan_windows(spec, r.time, min(elapsed, self._short(spec, fixed)))
+            plan = plan_windows(spec, r.time, elapsed)
             n_post = plan.post_stop - plan.post_first
             post, np_ = self._window(
                 st, spec, plan.post_first, plan.post_stop, scope, None, horizon
@@ -743,12 +746,17 @@ class ImpactEngine:
             elif fixed.base.samples <= 0 and post.samples <= 0:
                 j = _no_data(spec)
             else:
-                refs = [
-                    Reference(name, days, bref, _head(pref, n_post))
-                    for name, days, bref, pref in fixed.refs
-                    if _covers(bref, fixed.n_base) and _covers(_head(pref, n_post), np_)
-                ]
-                j = self._judge(spec, fixed.base, post, refs, look=kpi_look, alpha=self.alpha)
+                cut, refs = _usable_references(fixed, n_post, spec)
+                base = _tail(fixed.base, cut)
+                n_base = sum(1 for d in base.den if d > 0)
+                refs = [ref for ref in refs if _covers(ref.base, n_base) and _covers(ref.post, np_)]
+                if refs or spec.seasonality == "none":
+                    j = self._judge(spec, base, post, refs, look=kpi_look, alpha=self.alpha)
+                else:
+                    # No day of the same kind at these hours yet: the shape of the day (a morning
+                    # ramp, the Sunday->Monday step) would be read as the release's effect.
+                    j = _no_reference(spec)
+                    kpi_look = dataclasses.replace(look, last=True)
                 seasonal = _kind(j.reference)
                 if fixed.note:
                     j = dataclasses.replace(j, reason=j.reason + fixed.note)
@@ -776,7 +784,10 @@ class ImpactEngine:
                 critical=spec.critical,
                 phase="final" if final else "interim",
                 revision=revision,
-                baseline_window=(fixed.base_first * w, plan.base_stop * w),
+                baseline_window=(
+                    base.start if j.reference else fixed.base_first * w,
+                    plan.base_stop * w,
+                ),
                 post_window=(plan.post_first * w, plan.post_stop * w),
                 judgement=j,
                 seasonal_reference=seasonal,
@@ -978,7 +989,8 @@ class _Fixed:
     base_first: int
     base: WindowData
     n_base: int  # baseline buckets with data
-    refs: tuple[tuple[str, int, WindowData, WindowData], ...]  # (label, days, base, full post)
+    # (label, days, base, full post, baseline buckets to skip, post buckets before a release)
+    refs: tuple[tuple[str, int, WindowData, WindowData, int, int], ...]
     note: str
 
 
@@ -989,6 +1001,72 @@ def _head(w: WindowData, n: int) -> WindowData:
     counts = w.counts[:n]
     width = (w.end - w.start) / len(w.num) if w.num else 0.0
     return WindowData(w.start, w.start + n * width, w.num[:n], w.den[:n], math.fsum(counts), counts)
+
+
+def _day_kind(t: float) -> int:
+    """Monday (0), Tuesday-Friday (1), Saturday (2), Sunday (3), in UTC."""
+    weekday = (math.floor(t / DAY_SECONDS) + 3) % 7  # 1970-01-01 was a Thursday
+    return 0 if weekday == 0 else 1 if weekday < 5 else weekday - 3
+
+
+def _same_days(lo: float, mid: float, hi: float, days: int) -> bool:
+    """Whether the span [lo, hi) around `mid` and the same span `days` earlier see the same
+    kinds of day at its start, at the release and at its end."""
+    back = days * DAY_SECONDS
+    return all(_day_kind(t) == _day_kind(t - back) for t in (lo, mid, hi - 1.0))
+
+
+def _tail(w: WindowData, cut: int) -> WindowData:
+    """The window without its first `cut` buckets."""
+    if cut <= 0:
+        return w
+    width = (w.end - w.start) / len(w.num) if w.num else 0.0
+    counts = w.counts[cut:]
+    return WindowData(
+        w.start + cut * width, w.end, w.num[cut:], w.den[cut:], math.fsum(counts), counts
+    )
+
+
+# The shortest baseline a reference may leave after the release it holds (see `_usable`).
+MIN_REFERENCE_BASE_SECONDS = 3600.0
+
+
+def _usable_references(fixed: _Fixed, n_post: int, spec: KpiSpec) -> tuple[int, list[Reference]]:
+    """The references clean over this look's windows, and the baseline buckets to skip for them.
+
+    A reference whose post window holds a release before this look's end is left out. One whose
+    baseline holds a release is used after it only, and so is the release's own baseline: the
+    week-ago windows set where the baseline starts when they are usable, else the median of the
+    earlier days' starts; references starting later than that are left out, and none may leave
+    less than an hour of baseline.
+    """
+    n_base = len(fixed.base.num)
+    least = min(
+        n_base, max(spec.min_buckets, round(MIN_REFERENCE_BASE_SECONDS / spec.bucket_seconds))
+    )
+    ok = [x for x in fixed.refs if x[5] >= n_post and n_base - x[4] >= least]
+    if not ok:
+        return 0, []
+    weekly = [x for x in ok if x[0] == "weekly"]
+    cuts = sorted(x[4] for x in ok)
+    cut = weekly[0][4] if weekly else cuts[(len(cuts) - 1) // 2]
+    chosen = [x for x in ok if x[4] <= cut]
+    return cut, [
+        Reference(name, days, _tail(bref, cut), _head(pref, n_post))
+        for name, days, bref, pref, _, _ in chosen
+    ]
+
+
+def _reference_reach(fixed: _Fixed, spec: KpiSpec) -> float | None:
+    """How far after the release some reference stays clean (None: no seasonal references)."""
+    n_base = len(fixed.base.num)
+    least = min(
+        n_base, max(spec.min_buckets, round(MIN_REFERENCE_BASE_SECONDS / spec.bucket_seconds))
+    )
+    clean = [x[5] for x in fixed.refs if n_base - x[4] >= least]
+    if not clean:
+        return None
+    return max(clean) * spec.bucket_seconds
 
 
 def _covers(ref: WindowData, judged: int) -> bool:

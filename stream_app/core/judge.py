@@ -93,6 +93,7 @@ REASON_CODES: tuple[str, ...] = (
     "negative-baseline",  # inconclusive: baseline value < 0, relative change undefined
     "interim-no-call",  # inconclusive: an interim look, no decision yet
     "degenerate",  # inconclusive: values at the edge of float range, no finite estimate
+    "no-reference",  # inconclusive: no earlier day of the same kind to tell the day's shape
 )
 
 
@@ -320,11 +321,68 @@ def judge_kpi(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     with np.errstate(all="ignore"):
-        return _judge(spec, base, post, refs, look or Look.fixed(alpha))
+        own = _present(post)
+        coverage = sum(own) / len(own) if own else 0.0
+        base, post, refs = _common(base, post, refs)
+        return replace(
+            _judge(spec, base, post, refs, look or Look.fixed(alpha), coverage), coverage=coverage
+        )
+
+
+def _present(w: WindowData) -> list[bool]:
+    return [
+        d > 0 and math.isfinite(d) and math.isfinite(x) for x, d in zip(w.num, w.den, strict=True)
+    ]
+
+
+def _keep(w: WindowData, mask: Sequence[bool]) -> WindowData:
+    """The window with the buckets outside `mask` made missing."""
+    if all(mask):
+        return w
+    counts = w.counts or tuple(1.0 for _ in w.num)
+    return replace(
+        w,
+        num=tuple(x if m else 0.0 for x, m in zip(w.num, mask, strict=True)),
+        den=tuple(x if m else 0.0 for x, m in zip(w.den, mask, strict=True)),
+        counts=tuple(x if m else 0.0 for x, m in zip(counts, mask, strict=True)),
+        samples=math.fsum(x for x, m in zip(counts, mask, strict=True) if m),
+    )
+
+
+def _common(
+    base: WindowData, post: WindowData, refs: Sequence[Reference]
+) -> tuple[WindowData, WindowData, list[Reference]]:
+    """Judged windows and references on the buckets they all hold (like with like).
+
+    A minute missing on one side only (a telemetry outage, today or on a reference day) would
+    weigh the shape of the day differently on the two sides of the difference: at a daily peak,
+    ten missing minutes move a 4-hour mean by a few percent. So a bucket counts only where the
+    judged window and every reference of the same length hold it.
+    """
+    usable = [
+        r for r in refs if len(r.base.num) == len(base.num) and len(r.post.num) == len(post.num)
+    ]
+    if not usable:
+        return base, post, list(refs)
+    bm = _present(base)
+    pm = _present(post)
+    for r in usable:
+        bm = [a and b for a, b in zip(bm, _present(r.base), strict=True)]
+        pm = [a and b for a, b in zip(pm, _present(r.post), strict=True)]
+    out = [
+        replace(r, base=_keep(r.base, bm), post=_keep(r.post, pm)) if r in usable else r
+        for r in refs
+    ]
+    return _keep(base, bm), _keep(post, pm), out
 
 
 def _judge(
-    spec: KpiSpec, base: WindowData, post: WindowData, refs: Sequence[Reference], look: Look
+    spec: KpiSpec,
+    base: WindowData,
+    post: WindowData,
+    refs: Sequence[Reference],
+    look: Look,
+    coverage: float,
 ) -> KpiJudgement:
     b, p = _win(base), _win(post)
     nan = [
@@ -332,7 +390,6 @@ def _judge(
         for label, x in (("baseline", b), ("post", p))
         if x.w.nan_buckets
     ]
-    coverage = p.w.n / len(p.w.mask) if len(p.w.mask) else 0.0
     j = KpiJudgement(
         kpi=spec.name,
         verdict="inconclusive",
@@ -344,8 +401,9 @@ def _judge(
         coverage=coverage,
     )
     notes = "".join(f"; {n}" for n in nan)
-    if p.w.n < len(p.w.mask):
-        notes += f"; post window {coverage:.0%} covered ({len(p.w.mask) - p.w.n} bucket(s) missing)"
+    if coverage < 1.0:
+        missing = round((1.0 - coverage) * len(p.w.mask))
+        notes += f"; post window {coverage:.0%} covered ({missing} bucket(s) missing)"
 
     def say(verdict: Verdict, code: str, reason: str, **kw: object) -> KpiJudgement:
         return replace(j, verdict=verdict, reason_code=code, reason=reason + notes, **kw)  # type: ignore[arg-type]
@@ -381,6 +439,8 @@ def _judge(
     notes = factor.note + notes
     ref_label = factor.label
     method = "counts-log-ratio" + (f"+reference({ref_label})" if ref_label else "")
+    if factor.inflation > 1.0:
+        method += f"+inflation({factor.inflation:.2g})"
     if not look.last or look.info_fraction < 1:
         method += f"+look(t={look.info_fraction:.2f},z={look.boundary:.2f})"
     expected = b.level * math.exp(factor.value)  # the post level without the release

@@ -456,29 +456,35 @@ def final_of(events: list[KpiSample | Release], rid: str = "r") -> VerdictRecord
     return finals(run(eng, events) + eng.close_input())[(rid, "orders")]
 
 
-def test_a_reference_holding_another_release_is_marked_for_the_judge() -> None:
+def test_a_reference_day_holding_a_release_is_used_only_where_that_release_is_not() -> None:
     t = T_SEASONAL
-    # A release 10 minutes into yesterday's post window: its step could read as this release's.
+    # A release 10 minutes into yesterday's post window: its step would read as this release's.
+    # (t is a Wednesday: Tuesday, Friday and Thursday are days of the same kind.)
     yesterday = release("y", t - 86400 + 600)
-    rec = final_of(with_release(orders_around(t, 1, 2, 3), release("r", t), yesterday))
-    assert rec.judgement.method == "stub(daily-with-release:1, daily:2, daily:3)"
-    # The real judge leaves a marked day out when it disagrees with the clean ones.
+    rec = final_of(with_release(orders_around(t, 1, 5, 6), release("r", t), yesterday))
+    assert rec.judgement.method == "stub(daily:5, daily:6)"
+    # In yesterday's baseline instead: the baseline after it would be shorter than an hour.
+    early = release("y", t - 86400 - 600)
+    rec = final_of(with_release(orders_around(t, 1, 5, 6), release("r", t), early))
+    assert rec.judgement.method == "stub(daily:5, daily:6)"
+
+
+def test_a_reference_out_of_line_with_the_others_is_left_out() -> None:
     from stream_app.core.judge import judge_kpi
 
-    def flat(start: float, n: int, level: float) -> WindowData:
-        return WindowData(start, start + 60 * n, (level,) * n, (1.0,) * n, level * n, (level,) * n)
+    def flat(level: float) -> WindowData:
+        return WindowData(0, 1800, (level,) * 30, (1.0,) * 30, level * 30, (level,) * 30)
 
-    spec = SEASONAL.kpis[0]
     refs = [
-        Reference("daily-with-release", 1, flat(0, 30, 100), flat(0, 30, 60)),
-        Reference("daily", 2, flat(0, 30, 100), flat(0, 30, 100)),
-        Reference("daily", 3, flat(0, 30, 101), flat(0, 30, 100)),
+        Reference("daily", 1, flat(100), flat(60)),  # a step on that day: -40 %
+        Reference("daily", 2, flat(100), flat(100)),
+        Reference("daily", 3, flat(101), flat(100)),
     ]
     rng = random.Random(3)
     base = WindowData(
         0, 1800, tuple(float(rng.gauss(100, 10)) for _ in range(30)), (1.0,) * 30, 3000
     )
-    j = judge_kpi(spec, base, base, refs)
+    j = judge_kpi(SEASONAL.kpis[0], base, base, refs)
     assert j.reference == "daily x2" and "1d" in j.reason
 
 
@@ -553,8 +559,8 @@ def test_replay_matches_the_engine_fed_in_order() -> None:
 
 
 def test_the_bundled_catalog_judges_a_release() -> None:
-    t = T0 + 2 * HOUR
-    events = with_release(traffic(T0, T0 + 7 * HOUR, drop_at=t), release("r1", t))
+    t = T0 + 30 * HOUR  # Wednesday 06:00, with Tuesday's history as the reference
+    events = with_release(traffic(T0, t + 5 * HOUR, drop_at=t), release("r1", t))
     catalog = load_catalog(None)
     got = finals(run(engine(catalog, real=True), events))
     assert got[("r1", "orders")].judgement.verdict == "degraded"

@@ -410,7 +410,7 @@ def test_weekly_scenario_has_a_monday_rise_that_only_a_week_ago_reference_explai
         and e.service == "checkout"
         and e.labels["region"] == "eu"
     )
-    assert len(stamps) < 3000
+    assert len(stamps) < 6000  # of ~12,800 minutes: per minute only around the judged hours
     gaps = dict(zip(stamps[:-1], np.diff(stamps).tolist(), strict=True))
     t = monday_release.time
     for ref in (t, t - DAY, t - 7 * DAY):

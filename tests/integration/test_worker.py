@@ -129,6 +129,8 @@ def test_emit_is_accepted_and_bad_messages_are_dead_lettered(
         # Everything produced has been read: the exported consumer lag is there and at zero.
         # The gauge is set by a timer: wait for it to be exported (and at zero), never assume it is.
         worker.wait_series("valueloop_consumer_lag_messages", 0, topic="deployments")
+        # The standard process series are on the worker's own registry too.
+        assert worker.metric("process_resident_memory_bytes") > 0
     finally:
         worker.stop()
 

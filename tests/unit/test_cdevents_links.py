@@ -138,3 +138,17 @@ def test_a_deployment_linking_to_the_change_event_gives_a_lead_time() -> None:
     link = {"linkType": "PATH", "from": {"contextId": "c-merged"}}
     dora.on_release(deployed("d-100", "v1.0.0", 2, links=[link]))
     assert dora.change_lead_times(T0 + 3 * H) == [("shop", "PR-7", "d-100", 2 * H)]
+
+
+def test_a_release_keeps_its_chain_and_links_across_a_state_snapshot() -> None:
+    from stream_app.core.catalog import load_catalog
+    from stream_app.pipeline import Pipeline
+
+    link = {"linkType": "RELATION", "linkKind": "TRIGGER", "target": {"contextId": "c-merged"}}
+    r = deployed("d-100", "v1.0.0", 0, chain="chain-7", links=[link])
+    assert (r.chain_id, r.links) == ("chain-7", ("c-merged",))
+    first = Pipeline(load_catalog())
+    first.handle(r)
+    second = Pipeline(load_catalog())
+    second.restore_service("shop", first.snapshot_service("shop"))
+    assert second.engine.pending_releases("shop") == [r]

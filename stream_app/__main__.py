@@ -543,11 +543,98 @@ def replay_cmd(
             "HTML file (opens from disk, no network)."
         ),
     ] = None,
+    summary_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--summary-out",
+            help="Write input counts (rejections by reason, with examples), final verdicts, "
+            "DORA, flow and value-ledger figures as JSON.",
+        ),
+    ] = None,
+    max_rejected: Annotated[
+        float,
+        typer.Option(
+            "--max-rejected",
+            min=0.0,
+            max=100.0,
+            help="Exit 1 when more than this percentage of the lines is rejected (not "
+            "decodable, or refused as the worker would dead-letter it).",
+        ),
+    ] = 0.0,
+    kpis_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--kpis",
+            help="KPI catalog (TOML); as the top-level --kpis or VALUELOOP_KPIS_FILE.",
+        ),
+    ] = None,
+    valuestream_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--valuestream",
+            help="Value-stream definition (TOML); also VALUELOOP_VALUESTREAM_FILE. "
+            "[default: the bundled one]",
+        ),
+    ] = None,
+    features_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--features",
+            help="Features file (TOML) for the value ledger; also VALUELOOP_FEATURES_FILE.",
+        ),
+    ] = None,
+    report_period_days: Annotated[
+        float | None,
+        typer.Option(
+            help="Period of the flow and DORA figures, days of event time; also "
+            "VALUELOOP_REPORT_PERIOD_DAYS. [default: 7]",
+        ),
+    ] = None,
+    max_services: Annotated[
+        int | None,
+        typer.Option(help="As the worker's (VALUELOOP_MAX_SERVICES). [default: 1000]"),
+    ] = None,
+    max_kpis_per_service: Annotated[
+        int | None,
+        typer.Option(help="As the worker's (VALUELOOP_MAX_KPIS_PER_SERVICE). [default: 64]"),
+    ] = None,
+    max_label_values: Annotated[
+        int | None,
+        typer.Option(help="As the worker's (VALUELOOP_MAX_LABEL_VALUES). [default: catalog]"),
+    ] = None,
+    known_services: Annotated[
+        str | None,
+        typer.Option(help="As the worker's (VALUELOOP_KNOWN_SERVICES). [default: any service]"),
+    ] = None,
 ) -> None:
-    """Run the worker's core offline over files of events: verdicts, flow and DORA summary."""
+    """Run the worker's core offline over files of events: verdicts, flow and DORA summary.
+
+    Exits 1 when more lines are rejected than --max-rejected allows (default: none), after
+    printing a few rejected lines per reason and writing the outputs.
+    """
+    from stream_app.replay import rejection_error
     from stream_app.replay_cli import run_replay
 
-    run_replay(settings(), files, out=out, quiet=quiet, report=report)
+    overrides = {
+        "kpis_file": kpis_file,
+        "valuestream_file": valuestream_file,
+        "features_file": features_file,
+        "report_period_days": report_period_days,
+        "max_services": max_services,
+        "max_kpis_per_service": max_kpis_per_service,
+        "max_label_values": max_label_values,
+        "known_services": known_services,
+    }
+    # Set (or reset) every replay option; --kpis only when given, not to undo the top-level one.
+    _State.overrides.update(
+        {k: v for k, v in overrides.items() if k != "kpis_file" or v is not None}
+    )
+    result = run_replay(
+        settings(), files, out=out, quiet=quiet, report=report, summary_out=summary_out
+    )
+    error = rejection_error(result, max_rejected)
+    if error is not None:
+        fail(error)
 
 
 # ---------------------------------------------------------------------------- demo

@@ -114,6 +114,8 @@ def check_bounds(event: Decoded) -> Decoded:
 
     limit("id (context.id)", event.id, MAX_ID)
     limit("service", event.service, MAX_NAME)
+    if isinstance(event, Release | WorkflowEvent):
+        limit("context.chainId", event.chain_id, MAX_ID)
     if isinstance(event, Release):
         limit("version", event.version, MAX_VERSION)
         limit("environment", event.environment, MAX_NAME)
@@ -132,11 +134,24 @@ def check_bounds(event: Decoded) -> Decoded:
     return event
 
 
-_DECODERS: dict[str, Callable[[Mapping[str, Any], EventType], Decoded]] = {
-    "deployments": lambda doc, ev: check_bounds(release_from_cdevent(doc, ev)),
-    "workflow": lambda doc, ev: check_bounds(workflow_from_cdevent(doc, ev)),
-    "incidents": lambda doc, ev: check_bounds(incident_from_cdevent(doc, ev)),
+_DECODERS: dict[str, Callable[[Mapping[str, Any], EventType, str | None], Decoded]] = {
+    "deployments": lambda doc, ev, key: check_bounds(release_from_cdevent(doc, ev, key)),
+    "workflow": lambda doc, ev, key: check_bounds(workflow_from_cdevent(doc, ev, key)),
+    "incidents": lambda doc, ev, key: check_bounds(incident_from_cdevent(doc, ev, key)),
 }
+
+
+def key_name(key: bytes | str | None) -> str | None:
+    """A message key (or CloudEvents ``partitionkey``) as a service name, or None when it cannot
+    be one (absent, not UTF-8, empty or longer than a service name): then it is not used."""
+    if isinstance(key, bytes | bytearray):
+        try:
+            key = bytes(key).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not key or len(key) > MAX_NAME:
+        return None
+    return key
 
 
 # ---------------------------------------------------------------------------- decode
@@ -146,6 +161,7 @@ def decode(
     headers: Sequence[tuple[str, bytes | None]] | None = None,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    key: bytes | str | None = None,
 ) -> Decoded | Rejected:
     """Decode one message of the topic with ``role``.
 
@@ -154,6 +170,8 @@ def decode(
         value: the message value (None for a tombstone).
         headers: Kafka headers; ``ce_*`` headers mean a binary-mode CloudEvent.
         max_bytes: larger values are rejected as ``oversized`` without being parsed.
+        key: the message key: the service of an event that names none (README, "Service
+            names"); the CloudEvents ``partitionkey`` attribute stands in when there is no key.
 
     Returns:
         The internal event, or `Rejected` (``wrong-topic`` when it is a valid kind of event for
@@ -161,7 +179,7 @@ def decode(
     """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")  # a programming error, not bad input
-    return _guarded(role, value, headers, max_bytes)
+    return _guarded(role, value, headers, max_bytes, key)
 
 
 def decode_any(
@@ -169,12 +187,13 @@ def decode_any(
     headers: Sequence[tuple[str, bytes | None]] | None = None,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    key: bytes | str | None = None,
 ) -> Decoded | Rejected:
     """Decode a message of any kind, telling it by its CloudEvents/CDEvents type or sample shape.
 
     For offline replay over files of mixed payloads; `role_of` tells the result's topic.
     """
-    return _guarded(None, value, headers, max_bytes)
+    return _guarded(None, value, headers, max_bytes, key)
 
 
 def _guarded(
@@ -182,9 +201,10 @@ def _guarded(
     value: bytes | None,
     headers: Sequence[tuple[str, bytes | None]] | None,
     max_bytes: int,
+    key: bytes | str | None = None,
 ) -> Decoded | Rejected:
     try:
-        return _decode(role, value, headers, max_bytes)
+        return _decode(role, value, headers, max_bytes, key)
     except DecodeError as exc:
         return Rejected(exc.reason, exc.detail)
     except ValidationError as exc:
@@ -230,6 +250,7 @@ def _decode(
     value: bytes | None,
     headers: Sequence[tuple[str, bytes | None]] | None,
     max_bytes: int,
+    key: bytes | str | None = None,
 ) -> Decoded:
     ce = _ce_headers(headers) if headers else None
     obj = _load(value, max_bytes)
@@ -270,7 +291,10 @@ def _decode(
     if ce is not None:
         _check_envelope(ce, context)
     spec_line(context.get("specversion", context.get("version")))
-    return _DECODERS[event.role](doc, event)
+    name = key_name(key)
+    if name is None and ce is not None:
+        name = key_name(ce.get("partitionkey"))
+    return _DECODERS[event.role](doc, event, name)
 
 
 def _shape(obj: object) -> str:
@@ -363,7 +387,11 @@ def _structured(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         event_type(obj["type"])  # an unknown CloudEvents type says so before any schema check
     envelope = CloudEvent.model_validate(obj)
     _check_content_type(envelope.datacontenttype)
-    return envelope.data, {"id": envelope.id, "type": envelope.type}
+    attrs = {"id": envelope.id, "type": envelope.type}
+    partitionkey = obj.get("partitionkey")
+    if isinstance(partitionkey, str):
+        attrs["partitionkey"] = partitionkey
+    return envelope.data, attrs
 
 
 def _check_envelope(ce: Mapping[str, str], context: Mapping[str, Any]) -> None:

@@ -201,6 +201,7 @@ def run_demo(
     procs = Processes()
     started_broker = False
     collector: VerdictCollector | None = None
+    sender: Any = None
     env = {k: v for k, v in os.environ.items() if not k.startswith("VALUELOOP_")}
     restore_signals = _cleanup_on_signals()
     try:
@@ -248,7 +249,7 @@ def run_demo(
         labels = {r.id: p.label for r, p in zip(simulate.releases(sc), sc.releases, strict=True)}
         collector = VerdictCollector(s)
         collector.start()
-        sender: Any = Sender(s, log_level=3)  # librdkafka: errors only, no start-up warnings
+        sender = Sender(s, log_level=3)  # librdkafka: errors only, no start-up warnings
         topics = s.topic_names()
         sent = 0
         last_time = 0.0
@@ -295,7 +296,8 @@ def run_demo(
                 if sent % 2000 == 0:
                     live.update(progress())
             sender.flush(60)
-            sender = None  # its client must not outlive the broker (it would log reconnects)
+            sender.close()  # its client must not outlive the broker (it would log reconnects)
+            sender = None
             live.update(progress())
             # 5. Wait for the verdicts the stream can close.
             deadline = time.monotonic() + timeout
@@ -322,6 +324,10 @@ def run_demo(
         con.print("\ninterrupted: cleaning up")
         return 130
     finally:
+        # Every Kafka client of this process stops before the broker does: a client left
+        # running would log "Connect ... failed: Connection refused" after the summary.
+        if sender is not None:
+            sender.close(timeout=0)
         if collector is not None:
             collector.stop_event.set()
             collector.join(5)

@@ -9,6 +9,8 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -16,7 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from stream_app.core.types import VerdictRecord
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "add_process_collectors"]
 
 # Work waits hours to weeks: 5 minutes to 90 days, roughly doubling.
 DURATION_BUCKETS: tuple[float, ...] = tuple(
@@ -25,6 +27,20 @@ DURATION_BUCKETS: tuple[float, ...] = tuple(
 
 # The *_created series double the exposition for no dashboard or alert use.
 disable_created_metrics()
+
+
+def add_process_collectors(registry: CollectorRegistry) -> None:
+    """Register prometheus_client's standard ``process_*`` and ``python_info`` collectors.
+
+    The default registry has them; an injected one does not. Registering twice on the same
+    registry is a no-op (the names are already there).
+    """
+    # A registry (auto_describe off) does not refuse a second ProcessCollector: look for one.
+    present = {type(c) for c in getattr(registry, "_collector_to_names", {})}
+    if ProcessCollector not in present:
+        ProcessCollector(registry=registry)
+    if PlatformCollector not in present:
+        PlatformCollector(registry=registry)
 
 
 class Metrics:

@@ -102,6 +102,7 @@ class Sender:
         self._producer = Producer(conf)
         self._errors: list[str] = []
         self._refused: Probe | None = None
+        self._closed = False
         self.delivered = 0
 
     def _on_error(self, err: KafkaError) -> None:
@@ -184,3 +185,23 @@ class Sender:
                 "(is the broker reachable?)"
             )
         return self.delivered
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued (up to `timeout`), then stop the client and its threads.
+
+        Dropping the last reference is not enough: the client holds this object's error
+        callback, so the two form a cycle that lives until the garbage collector finds it, and
+        meanwhile librdkafka keeps reconnecting (and logging "Connect ... failed: Connection
+        refused" once the broker is gone). Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._producer.flush(max(0.0, timeout)):
+                self._producer.purge()  # undeliverable now: close() would wait for them forever
+        finally:
+            close = getattr(self._producer, "close", None)  # only recent confluent-kafka has it
+            if close is not None:
+                close()
+            del self._producer  # older clients: the last reference goes, the handle is destroyed

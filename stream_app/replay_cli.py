@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 from itertools import islice
 from pathlib import Path
 
+import orjson
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -18,7 +20,7 @@ from stream_app.core.flow import Distribution, FlowReport
 from stream_app.core.ledger import LedgerEntry, load_features
 from stream_app.core.valuestream import load_valuestream
 from stream_app.pipeline import Pipeline
-from stream_app.replay import ReplayOutcome, read_events, replay
+from stream_app.replay import ReplayOutcome, read_events, replay, summary
 from stream_app.settings import Settings
 
 COLORS = {
@@ -30,6 +32,19 @@ COLORS = {
 }
 
 
+# Width of the tables when stdout is not a terminal (CI logs, pipes): wide enough that no table is
+# truncated or wrapped; rich would otherwise assume 80 columns.
+LOG_WIDTH = 1000
+
+
+def console(quiet: bool = False) -> Console:
+    """The replay's console: the terminal's width, else (no terminal, no COLUMNS) `LOG_WIDTH`."""
+    con = Console(quiet=quiet)
+    if not con.is_terminal and "COLUMNS" not in os.environ:
+        con = Console(quiet=quiet, width=LOG_WIDTH)
+    return con
+
+
 def run_replay(
     settings: Settings,
     files: list[Path],
@@ -37,12 +52,15 @@ def run_replay(
     out: Path | None = None,
     quiet: bool = False,
     report: Path | None = None,
+    summary_out: Path | None = None,
+    con: Console | None = None,
 ) -> ReplayOutcome:
     """Replay files through the worker's pipeline; print a summary; write verdicts to `out`.
 
-    With `report`, also write the web view's pages as one self-contained HTML file there.
+    With `report`, also write the web view's pages as one self-contained HTML file there; with
+    `summary_out`, the input counts, final verdicts, DORA, flow and ledger figures as JSON.
     """
-    con = Console(quiet=quiet)
+    con = con or console(quiet)
     pipeline = Pipeline(
         load_catalog(settings.kpis_file),
         load_valuestream(settings.valuestream_file),
@@ -87,6 +105,11 @@ def run_replay(
         print_value_stream_maps(con, result.reports.flow)
         print_dora(con, result.reports.dora)
     print_ledger(con, result.ledger)
+    if summary_out is not None:
+        summary_out.write_bytes(
+            orjson.dumps(summary(result, files), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        )
+        con.print(f"summary: {summary_out}")
     if report is not None:
         from stream_app.web import write_report
 
@@ -102,6 +125,7 @@ def print_replay_summary(con: Console, result: ReplayOutcome) -> None:
         f"{sum(result.rejected.values()):,} {dict(result.rejected) or ''}; "
         f"outcomes {dict(result.outcomes)}"
     )
+    print_rejections(con, result)
     finals = {}
     for rec in result.verdicts:
         if rec.phase == "final":
@@ -132,6 +156,15 @@ def print_replay_summary(con: Console, result: ReplayOutcome) -> None:
             f"{len(result.pending)} release(s) pending (post window beyond the data): "
             + ", ".join(f"{r.service} {r.version}" for r in result.pending[:10])
         )
+
+
+def print_rejections(con: Console, result: ReplayOutcome) -> None:
+    """Rejected lines (and events the core refused) per reason, with a few examples of each."""
+    counts = result.rejected + result.refused
+    for reason, n in sorted(counts.items()):
+        con.print(f"rejected {n:,} as {reason}, e.g.:", markup=False, highlight=False)
+        for text in result.examples.get(reason, ()):
+            con.print(f"  {text}", markup=False, highlight=False)
 
 
 def _hours(seconds: float | None) -> str:

@@ -18,7 +18,7 @@ from stream_app.codec import Decoded
 from stream_app.core.catalog import load_catalog
 from stream_app.core.ledger import load_features
 from stream_app.core.valuestream import load_valuestream
-from stream_app.metrics import CONTENT_TYPE_LATEST, Metrics
+from stream_app.metrics import CONTENT_TYPE_LATEST, Metrics, add_process_collectors
 from stream_app.pipeline import Pipeline, Step
 from stream_app.settings import Settings
 from stream_app.web import register_web
@@ -32,6 +32,7 @@ def build_worker_app(
     """The faust App with valueloop's agents, state table and /metrics, /health, /live pages."""
     app = build_app(settings)
     metrics = metrics or Metrics(max_services=settings.max_services)
+    add_process_collectors(metrics.registry)  # process_* (memory, CPU, fds) and python_info
     pipeline = Pipeline(
         load_catalog(settings.kpis_file),
         load_valuestream(settings.valuestream_file),

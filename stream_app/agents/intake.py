@@ -153,7 +153,9 @@ class BatchRunner:
                 continue
             done.append(event)
             role = self.role_of_topic[msg.topic]
-            decoded = decode(role, msg.value, header_list(msg.headers), max_bytes=self.max_bytes)
+            decoded = decode(
+                role, msg.value, header_list(msg.headers), max_bytes=self.max_bytes, key=msg.key
+            )
             if isinstance(decoded, Rejected):
                 reason, detail = decoded.reason, decoded.detail
             else:

@@ -9,8 +9,10 @@ computed per service over the period ``(now - period, now]``:
 - **Change lead time**: the time from a change's first commit to its successful deployment to
   production, for each change first deployed in the period. The first-commit time is the earliest
   CDEvents change event of the change (``change created``, carrying its commit shas); a deployment
-  links to changes through the commit shas and change ids it carries. A change is counted once, at
-  its first production deployment; deployments with no known change have no lead time.
+  links to changes through the commit shas and change ids it carries, the CDEvents chain it
+  belongs to (``context.chainId``: the first change seen in that chain) and the change events its
+  ``context.links`` point to. A change is counted once, at its first production deployment;
+  deployments with no known change have no lead time.
 - **Change fail rate**: the share of the period's deployments that caused a failure in production
   needing remediation. A deployment failed when (a) an incident is linked to it, (b) it was rolled
   back, or (c) — valueloop's addition — a ``degraded`` final impact verdict was published for it on
@@ -23,7 +25,9 @@ computed per service over the period ``(now - period, now]``:
   counted as unrecovered, not given a time.
 
 Incidents link to the deployment that caused them by, in order: the incident's explicit deployment
-id (when that deployment is known); a change id it shares with a production deployment of the same
+id (when that deployment is known); the artifact it names (``subject.content.artifactId``: the
+latest deployment of the service, at or before the incident, of the purl's version or the digest);
+a change id it shares with a production deployment of the same
 service (the latest such deployment at or before the incident); and only then by time: the latest
 production deployment of the service at most ``incident_link_max_gap`` (default 24 h) before the
 incident. Never beyond the gap: "the latest earlier deployment" alone blames days-old deployments
@@ -42,16 +46,30 @@ import orjson
 from stream_app.core.flow import Distribution
 from stream_app.core.types import VerdictRecord
 from stream_app.core.valuestream import ValueStreamDef
+from stream_app.events import artifact_version
 from stream_app.events.model import Incident, Release, WorkflowEvent
 
 Cause = Literal["incident", "rollback", "degraded-kpi"]
 CAUSES: tuple[Cause, ...] = ("incident", "rollback", "degraded-kpi")
-LinkKind = Literal["explicit", "change", "time"]
+LinkKind = Literal["explicit", "artifact", "change", "time"]
 ReleaseOutcome = Literal["deployment", "rollback", "release", "not-production", "duplicate"]
 IncidentOutcome = Literal["accepted", "not-production", "duplicate", "too-many-events"]
 VerdictOutcome = Literal["accepted", "interim", "stale"]
 STATE_VERSION = 1
 MAX_EVENTS_PER_INCIDENT = 100
+
+
+# Prefixes keep chain and event ids apart from commit shas and change ids in the alias tables.
+_CHAIN = "chain:"
+_EVENT = "event:"
+
+
+def _chain_refs(r: Release) -> list[str]:
+    """The chain and linked events a deployment carries, as alias-table references."""
+    refs = [_EVENT + cid for cid in r.links]
+    if r.chain_id:
+        refs.append(_CHAIN + r.chain_id)
+    return refs
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +230,7 @@ class DoraTracker:
             return "rollback"
         if r.kind == "flag":
             return "release"
-        self._aliases[r.id] = tuple(dict.fromkeys((*r.commits, *r.change_ids)))
+        self._aliases[r.id] = tuple(dict.fromkeys((*r.commits, *r.change_ids, *_chain_refs(r))))
         bisect.insort(self._by_service.setdefault(r.service, []), (r.time, r.id))
         self._deploys_total[r.service] = self._deploys_total.get(r.service, 0) + 1
         return "deployment"
@@ -273,7 +291,12 @@ class DoraTracker:
             self._work_proxy.discard(key)
             firsts.pop(key, None)
         firsts[key] = min(firsts.get(key, ev.time), ev.time)
-        for a in (ev.item_id, *ev.commits):
+        # A deployment reaches the change by a commit, the change id, the chain the change
+        # started (context chainId) or a link to the change event's context id.
+        refs = [ev.item_id, *ev.commits, _EVENT + ev.id]
+        if ev.chain_id:
+            refs.append(_CHAIN + ev.chain_id)
+        for a in refs:
             aliases.setdefault(a, key)
         return True
 
@@ -533,6 +556,13 @@ class DoraTracker:
             return explicit, "explicit"
         deps = self._by_service.get(inc.service, [])
         i = bisect.bisect_right(deps, (when, "\U0010ffff"))
+        # The artifact it names (a purl's version, or a digest): the latest deployment of that
+        # version of the service at or before the incident, before any guess by time.
+        version = artifact_version(explicit) if explicit is not None else None
+        if version is not None:
+            for _, rid in reversed(deps[:i]):
+                if self._releases[rid].version == version:
+                    return rid, "artifact"
         if inc.change_ids:
             wanted = set(inc.change_ids)
             for _, rid in reversed(deps[:i]):

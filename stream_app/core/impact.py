@@ -1102,7 +1102,14 @@ def _pool(windows: Sequence[WindowData]) -> WindowData:
 
 def _release_from(d: dict[str, Any]) -> Release:
     """A Release from its dataclasses.asdict JSON form (lists back to tuples)."""
-    return Release(**{**d, "commits": tuple(d["commits"]), "change_ids": tuple(d["change_ids"])})
+    return Release(
+        **{
+            **d,
+            "commits": tuple(d["commits"]),
+            "change_ids": tuple(d["change_ids"]),
+            "links": tuple(d.get("links", ())),
+        }
+    )
 
 
 def _record_from(d: dict[str, Any]) -> VerdictRecord:

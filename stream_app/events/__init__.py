@@ -49,6 +49,8 @@ MAX_STAGE = 64  # stage names are Prometheus label values too
 MAX_LABELS = 8
 MAX_LABEL_KEY = 64
 MAX_LABEL_VALUE = 128
+MAX_LINKS = 100  # linked context ids kept per event (CDEvents links)
+MAX_LINK_ID = 256
 
 
 # ---------------------------------------------------------------------------- time
@@ -379,7 +381,12 @@ class Context(BaseModel):
     type: NonEmpty
     timestamp: Timestamp
     schemaUri: str | None = None
-    chainId: str | None = None
+    chainId: str | None = Field(
+        default=None, description="Chain of linked events (CDEvents 0.4.1, 0.5)."
+    )
+    chain_id: str | None = Field(
+        default=None, description="chainId as CDEvents 0.4.0 spells it (renamed in 0.4.1)."
+    )
     links: list[dict[str, Any]] | None = None
 
     @model_validator(mode="after")
@@ -389,7 +396,26 @@ class Context(BaseModel):
                 "exactly one of context.version (CDEvents 0.3, 0.4) and "
                 "context.specversion (0.5) is required"
             )
+        if self.chainId and self.chain_id and self.chainId != self.chain_id:
+            raise ValueError("context.chainId and context.chain_id name different chains")
         return self
+
+    @property
+    def chain(self) -> str | None:
+        """The chain id, whichever name it came under (``chainId`` or 0.4.0's ``chain_id``)."""
+        return self.chainId or self.chain_id or None
+
+    def linked_ids(self) -> tuple[str, ...]:
+        """Context ids of the events this one links to (CDEvents links: ``target`` of a
+        RELATION, ``from`` of a PATH or END), in order, without duplicates, at most MAX_LINKS."""
+        found: dict[str, None] = {}
+        for link in self.links or ():
+            for end in ("target", "from"):
+                ref = link.get(end)
+                cid = ref.get("contextId") if isinstance(ref, dict) else None
+                if isinstance(cid, str) and 0 < len(cid) <= MAX_LINK_ID:
+                    found[cid] = None
+        return tuple(found)[:MAX_LINKS]
 
     @property
     def seconds(self) -> float:
@@ -437,6 +463,31 @@ def context_dict(
         "type": event.type_for(spec_version),
         "timestamp": format_timestamp(seconds),
     }
+
+
+def add_chain(
+    context: dict[str, Any], spec_version: str, chain_id: str | None, links: tuple[str, ...] = ()
+) -> None:
+    """Write a chain id and links into an encoded ``context`` as ``spec_version`` spells them
+    (``chain_id`` in 0.4.0, ``chainId`` from 0.4.1; links as PATH links). 0.3 has neither."""
+    if spec_line(spec_version) == "0.3":
+        return
+    if chain_id is not None:
+        context["chain_id" if spec_version.startswith("0.4.0") else "chainId"] = chain_id
+    if links:
+        context["links"] = [{"linkType": "PATH", "from": {"contextId": cid}} for cid in links]
+
+
+def service_name(*candidates: str | None) -> str:
+    """The first usable service name of ``candidates`` (the service-name rule, in order).
+
+    Each module passes its candidates in the order of the one rule (see README "Service names"):
+    ``customData.valueloop.service``; the service the event names (a service subject's id, an
+    incident's ``content.service``); the Kafka key or CloudEvents ``partitionkey``; the name of
+    the artifact's package URL; the change's repository, ``subject.source``, ``context.source``.
+    Paths are reduced to their last segment by the caller. Empty when none is usable.
+    """
+    return next((c for c in candidates if c), "")
 
 
 def subject_dict(

@@ -38,6 +38,7 @@ from stream_app.events import (
     Name,
     NonEmpty,
     Ref,
+    add_chain,
     artifact_version,
     check_name,
     check_subject_type,
@@ -202,12 +203,16 @@ def flag_version(flag_key: str, variation: str, rollout_percent: float) -> str:
 
 
 # ---------------------------------------------------------------------------- decode / encode
-def release_from_cdevent(doc: Mapping[str, Any], event: EventType) -> Release:
+def release_from_cdevent(
+    doc: Mapping[str, Any], event: EventType, key: str | None = None
+) -> Release:
     """Validate a release CDEvent document and normalise it.
 
     Args:
         doc: the parsed CDEvent (``context``, ``subject``, optional ``customData``).
         event: its registered type (a ``service.*`` event or the flag change).
+        key: the message's Kafka key (or ``partitionkey``); unused, as a release always names
+            its service (subject id, or the flag's content.service), which comes first.
 
     Raises:
         pydantic.ValidationError: the document does not match the contract.
@@ -238,6 +243,8 @@ def release_from_cdevent(doc: Mapping[str, Any], event: EventType) -> Release:
         commits=tuple(ext.commits),
         change_ids=tuple(ext.changeIds),
         scope=dict(ext.scope),
+        chain_id=m.context.chain,
+        links=m.context.linked_ids(),
     )
 
 
@@ -257,6 +264,8 @@ def _flag_release(m: FlagChangeEvent) -> Release:
         flag_key=c.flagKey,
         rollout_percent=float(c.rolloutPercent),
         scope=dict(ext.scope),
+        chain_id=m.context.chain,
+        links=m.context.linked_ids(),
     )
 
 
@@ -299,6 +308,7 @@ def release_to_cdevent(r: Release, spec_version: str) -> dict[str, Any]:
             {"environment": {"id": r.environment}, "artifactId": artifact},
         ),
     }
+    add_chain(doc["context"], spec_version, r.chain_id, r.links)
     if ext:
         doc["customData"] = {"valueloop": ext}
     return doc
@@ -326,6 +336,7 @@ def _flag_to_cdevent(r: Release, spec_version: str) -> dict[str, Any]:
         "context": context_dict(event, spec_version, r.id, r.time),
         "subject": subject_dict(event, spec_version, r.flag_key, content),
     }
+    add_chain(doc["context"], spec_version, r.chain_id, r.links)
     ext = _extension_dict(r)
     if ext:
         doc["customData"] = {"valueloop": ext}

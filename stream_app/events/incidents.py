@@ -3,8 +3,9 @@
 id is ``context.id``, incident_id ``subject.id`` (the same across an incident's events), time
 ``context.timestamp``, environment ``subject.content.environment.id``, description
 ``subject.content.description``. service: ``customData.valueloop.service``, else
-``subject.content.service.id`` with any leading path stripped (``service/myapp`` -> ``myapp``); an
-incident naming no service is rejected. deployment_id (the release that caused it):
+``subject.content.service.id`` with any leading path stripped (``service/myapp`` -> ``myapp``), else
+the message key (or CloudEvents ``partitionkey``), else the name of the ``content.artifactId``
+package URL; an incident with none of these is rejected. deployment_id (the release that caused it):
 ``customData.valueloop.deploymentId``, else ``subject.content.artifactId``. change ids:
 ``customData.valueloop.changeIds``. Encoding an incident.reported writes the ticket URI the spec
 requires as ``urn:valueloop:incident:<incident id>`` (`Incident` has no ticket).
@@ -32,6 +33,8 @@ from stream_app.events import (
     check_subject_type,
     context_dict,
     last_segment,
+    purl_parts,
+    service_name,
     subject_dict,
     types_pattern,
 )
@@ -109,23 +112,36 @@ class IncidentCDEvent(BaseModel):
         return IncidentExtension()
 
 
-def incident_from_cdevent(doc: Mapping[str, Any], event: EventType) -> Incident:
+def incident_from_cdevent(
+    doc: Mapping[str, Any], event: EventType, key: str | None = None
+) -> Incident:
     """Validate an incident CDEvent document and normalise it.
+
+    Args:
+        doc: the parsed CDEvent.
+        event: its registered type.
+        key: the message's Kafka key (or ``partitionkey``): the service when the event names none.
 
     Raises:
         pydantic.ValidationError: the document does not match the contract.
-        DecodeError: it names no service.
+        DecodeError: it names no service (and has no key).
     """
     m = IncidentCDEvent.model_validate(doc)
     check_subject_type(m.subject.type, event)
     ext = m.extension()
     c = m.subject.content
-    service = ext.service or (last_segment(c.service.id) if c.service is not None else None)
+    artifact = purl_parts(c.artifactId) if c.artifactId else None
+    service = service_name(
+        ext.service,
+        last_segment(c.service.id) if c.service is not None else None,
+        key,
+        artifact[0] if artifact else None,
+    )
     if not service:
         raise DecodeError(
             "schema-invalid",
             "subject.content.service: required to know the affected service "
-            "(or set customData.valueloop.service)",
+            "(or a purl artifactId, a message key, or customData.valueloop.service)",
         )
     action: IncidentAction = event.predicate  # type: ignore[assignment]
     return Incident(

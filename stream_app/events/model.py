@@ -33,6 +33,8 @@ class Release:
     # Scope of a partial release: e.g. {"region": "eu"} or {"version": "1.4.0"} for a canary.
     # Empty means the whole service.
     scope: dict[str, str] = field(default_factory=dict)
+    chain_id: str | None = None  # CDEvents context chainId (0.4.0: chain_id)
+    links: tuple[str, ...] = ()  # context ids of the events it links to (CDEvents links)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ class WorkflowEvent:
     )
     commits: tuple[str, ...] = ()
     outcome: str | None = None
+    chain_id: str | None = None  # CDEvents context chainId (0.4.0: chain_id)
 
 
 @dataclass(frozen=True, slots=True)

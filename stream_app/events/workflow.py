@@ -24,10 +24,12 @@ The pipeline's name is its stage ("pipeline" when the event has none). Test-suit
 normalised to the 0.5 words (``pass`` -> ``success``, ``fail`` -> ``failure``). id is
 ``context.id``, time ``context.timestamp``, item_id ``subject.id``. ``customData.valueloop`` may
 set ``service``, ``stage``, ``state`` (an explicit null clears the default), ``itemType`` and
-``commits`` (the spec has no commit field in any of these subjects). Without
-``customData.valueloop.service`` the service is the last path segment of: the change's
-``repository.id``; the artifact purl's name (``subject.id`` of artifact events,
-``content.artifactId`` of build.finished); else ``subject.source``, else ``context.source``.
+``commits`` (the spec has no commit field in any of these subjects). None of these subjects
+names a service: without ``customData.valueloop.service`` the service is the message's Kafka key
+(or CloudEvents ``partitionkey``), else the artifact purl's name (``subject.id`` of artifact
+events, ``content.artifactId`` of build.finished), else the last path segment of the change's
+``repository.id``, ``subject.source``, ``context.source``. ``context.chainId`` (0.4.0:
+``chain_id``) is kept: a deployment in the same chain deploys the change (lead time).
 
 A work item moving between stages is the custom CDEvent
 ``dev.cdeventsx.valueloop-workitem.staged.0.1.0`` with subject content ``{itemId, itemType
@@ -58,11 +60,13 @@ from stream_app.events import (
     NonEmpty,
     Ref,
     Stage,
+    add_chain,
     check_name,
     check_subject_type,
     context_dict,
     last_segment,
     purl_parts,
+    service_name,
     spec_line,
     subject_dict,
     types_pattern,
@@ -250,24 +254,30 @@ def _default_state(source_type: str, action: str) -> State | None:
     return _DEFAULT_STATE.get(action) if source_type in _RUNS else None
 
 
-def _default_service(m: WorkflowCDEvent, event: EventType) -> str:
+def _default_service(m: WorkflowCDEvent, event: EventType, key: str | None) -> str:
     c = m.subject.content
-    candidates: list[str | None] = []
-    if event.subject == "change" and c.repository is not None:
-        candidates.append(last_segment(c.repository.id))
+    purl = None
     if event.subject == "artifact":
-        parts = purl_parts(m.subject.id)
-        candidates.append(parts[0] if parts else None)
-    if event.name == "build.finished" and c.artifactId:
-        parts = purl_parts(c.artifactId)
-        candidates.append(parts[0] if parts else None)
-    candidates.append(last_segment(m.subject.source) if m.subject.source else None)
-    candidates.append(last_segment(m.context.source))
-    return next((s for s in candidates if s), "")
+        purl = purl_parts(m.subject.id)
+    elif event.name == "build.finished" and c.artifactId:
+        purl = purl_parts(c.artifactId)
+    repository = c.repository.id if event.subject == "change" and c.repository else None
+    return service_name(
+        key,
+        purl[0] if purl else None,
+        last_segment(repository) if repository else None,
+        last_segment(m.subject.source) if m.subject.source else None,
+        last_segment(m.context.source),
+    )
 
 
-def workflow_from_cdevent(doc: Mapping[str, Any], event: EventType) -> WorkflowEvent:
+def workflow_from_cdevent(
+    doc: Mapping[str, Any], event: EventType, key: str | None = None
+) -> WorkflowEvent:
     """Validate a workflow CDEvent document (or a work-item event) and normalise it.
+
+    ``key`` is the message's Kafka key (or ``partitionkey``): the service when
+    ``customData.valueloop.service`` does not name it (these subjects have no service field).
 
     Raises:
         pydantic.ValidationError: the document does not match the contract.
@@ -290,7 +300,7 @@ def workflow_from_cdevent(doc: Mapping[str, Any], event: EventType) -> WorkflowE
     return WorkflowEvent(
         id=m.context.id,
         time=m.context.seconds,
-        service=check_name(ext.service or _default_service(m, event), "service"),
+        service=check_name(ext.service or _default_service(m, event, key), "service"),
         item_id=m.subject.id,
         item_type=ext.itemType,
         stage=check_name(stage or _DEFAULT_STAGE[source_type], "stage (pipelineName)", 64),
@@ -300,6 +310,7 @@ def workflow_from_cdevent(doc: Mapping[str, Any], event: EventType) -> WorkflowE
         source_type=source_type,
         commits=tuple(ext.commits),
         outcome=outcome,
+        chain_id=m.context.chain,
     )
 
 
@@ -320,6 +331,7 @@ def _workitem(m: WorkItemEvent, event: EventType) -> WorkflowEvent:
         source_type="workitem",
         commits=tuple(commits),
         outcome=c.outcome,
+        chain_id=m.context.chain,
     )
 
 
@@ -385,8 +397,10 @@ def workflow_to_cdevent(e: WorkflowEvent, spec_version: str) -> dict[str, Any]:
         ext["itemType"] = e.item_type
     if e.commits:
         ext["commits"] = list(e.commits)
+    context = context_dict(event, spec_version, e.id, e.time)
+    add_chain(context, spec_version, e.chain_id)
     return {
-        "context": context_dict(event, spec_version, e.id, e.time),
+        "context": context,
         "subject": subject_dict(event, spec_version, e.item_id, content),
         "customData": {"valueloop": ext},
     }
@@ -408,6 +422,7 @@ def _workitem_to_cdevent(e: WorkflowEvent, event: EventType, spec_version: str) 
         "context": context_dict(event, spec_version, e.id, e.time),
         "subject": subject_dict(event, spec_version, e.item_id, content),
     }
+    add_chain(doc["context"], spec_version, e.chain_id)
     if e.commits:
         doc["customData"] = {"valueloop": {"commits": list(e.commits)}}
     return doc

@@ -283,31 +283,7 @@ def dora_view(pipeline: Pipeline, now: float | None, period_seconds: float) -> J
         slices = [pipeline.dora.report(e, step) for e in ends]
         for service, r in pipeline.dora.report(t, period_seconds).items():
             out[service] = {
-                "service": service,
-                "deployments": r.deployments,
-                "per_day": r.deployment_frequency_per_day,
-                "lead_time": _dist(r.lead_time),
-                "changes": r.changes,
-                "change_failure_rate": _num(r.change_failure_rate),
-                "failed_deployments": r.failed_deployments,
-                "failures_by_cause": dict(r.failures_by_cause),
-                "recovery_time": _dist(r.recovery_time),
-                "unrecovered": r.unrecovered,
-                "failures": [
-                    {
-                        "deployment_id": f.deployment_id,
-                        "version": f.version,
-                        "time": f.time,
-                        "causes": list(f.causes),
-                        "from_impact": "degraded-kpi" in f.causes,
-                        "degraded_kpis": list(f.degraded_kpis),
-                        "incident_ids": list(f.incident_ids),
-                        "rollback_ids": list(f.rollback_ids),
-                        "recovered_at": f.recovered_at,
-                        "recovery_seconds": f.recovery_seconds,
-                    }
-                    for f in r.failures
-                ],
+                **dora_report(r),
                 "trend": [
                     _dora_point(s.get(service), e) for s, e in zip(slices, ends, strict=True)
                 ],
@@ -318,6 +294,47 @@ def dora_view(pipeline: Pipeline, now: float | None, period_seconds: float) -> J
         "periods": periods(pipeline),
         "trend_step_seconds": period_seconds / TREND_POINTS,
         "services": dict(sorted(out.items())),
+    }
+
+
+def dora_report(r: DoraReport) -> Json:
+    """One service's DORA report: the four keys and the failures with their causes."""
+    return {
+        "service": r.service,
+        "deployments": r.deployments,
+        "per_day": r.deployment_frequency_per_day,
+        "lead_time": _dist(r.lead_time),
+        "changes": r.changes,
+        "change_failure_rate": _num(r.change_failure_rate),
+        "failed_deployments": r.failed_deployments,
+        "failures_by_cause": dict(r.failures_by_cause),
+        "recovery_time": _dist(r.recovery_time),
+        "unrecovered": r.unrecovered,
+        "failures": [
+            {
+                "deployment_id": f.deployment_id,
+                "version": f.version,
+                "time": f.time,
+                "causes": list(f.causes),
+                "from_impact": "degraded-kpi" in f.causes,
+                "degraded_kpis": list(f.degraded_kpis),
+                "incident_ids": list(f.incident_ids),
+                "rollback_ids": list(f.rollback_ids),
+                "recovered_at": f.recovered_at,
+                "recovery_seconds": f.recovery_seconds,
+            }
+            for f in r.failures
+        ],
+        "incidents": [
+            {
+                "incident_id": i.incident_id,
+                "time": i.time,
+                "deployment_id": i.deployment_id,
+                "link": i.link,
+                "resolved_at": i.resolved_at,
+            }
+            for i in r.incidents
+        ],
     }
 
 

@@ -19,7 +19,7 @@ from stream_app.events.workflow import _MAP
 
 DATA = Path(__file__).parent / "data" / "cdevents"
 REPO = Path(__file__).resolve().parents[2]
-SPECS = ["v0.3.0", "v0.4.1", "v0.5.0", "v0.5.1"]
+SPECS = ["v0.3.0", "v0.4.0", "v0.4.1", "v0.5.0", "v0.5.1"]
 # v0.5.0's pipelinerun.finished and testsuiterun.finished schemas require context.version, which
 # 0.5 no longer allows (fixed in v0.5.1, cdevents/spec 8e09a2d): the 0.5 line is checked with 0.5.1.
 SCHEMA_SPECS = ["v0.3.0", "v0.4.1", "v0.5.1"]
@@ -30,6 +30,8 @@ CONTRACT_OF_ROLE = {
     "incidents": "incident-cdevent",
 }
 T = 1764064800.0
+CHAIN = "4c8cb7dd-3448-41de-8768-eec704e2829b"  # context.chainId of the spec's 0.4/0.5 examples
+LINKED = "5328c37f-bb7e-4bb7-84ea-9f5f85e4a7ce"  # the context id their links point to
 RELEASE_KINDS: tuple[ReleaseKind, ...] = ("deployed", "upgraded", "rolledback")
 INCIDENT_ACTIONS: tuple[IncidentAction, ...] = ("detected", "reported", "resolved")
 
@@ -82,7 +84,31 @@ def test_spec_service_examples_decode_to_their_release(spec: str, kind: ReleaseK
         time=1679322425.315384,
         kind=kind,
         environment="test123",
+        # 0.3 has no chain; 0.4.0 calls it chain_id, later versions chainId (and add links).
+        chain_id=None if spec == "v0.3.0" else CHAIN,
+        links=(LINKED,) if spec not in ("v0.3.0", "v0.4.0") else (),
     )
+
+
+@pytest.mark.parametrize("path", sorted(DATA.glob("v0.4.0/examples/*.json")), ids=lambda p: p.stem)
+def test_v040_examples_with_chain_id_are_accepted(path: Path) -> None:
+    """CDEvents 0.4.0 producers name the chain ``chain_id`` (0.4.1 renamed it ``chainId``)."""
+    raw = path.read_bytes()
+    assert b'"chain_id"' in raw
+    ev = codec.decode_any(raw)
+    assert not isinstance(ev, Rejected), ev
+    if not isinstance(ev, Incident):  # incidents do not carry the chain
+        assert ev.chain_id == CHAIN
+
+
+def test_chain_id_and_chainid_must_agree() -> None:
+    doc = json.loads((DATA / "v0.4.1" / "examples" / "service_deployed.json").read_text())
+    doc["context"]["chain_id"] = CHAIN  # both names, same chain: fine
+    assert isinstance(codec.decode("deployments", orjson.dumps(doc)), Release)
+    doc["context"]["chain_id"] = "another-chain"
+    r = codec.decode("deployments", orjson.dumps(doc))
+    assert isinstance(r, Rejected) and r.reason == "schema-invalid"
+    assert "different chains" in r.detail
 
 
 @pytest.mark.parametrize("spec", SPECS)

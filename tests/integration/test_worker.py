@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from stream_app.events import format_timestamp
 from tests.integration.workerproc import consume_all, start_worker, topic_env
 
 pytestmark = pytest.mark.integration
@@ -129,6 +131,52 @@ def test_emit_is_accepted_and_bad_messages_are_dead_lettered(
         # Everything produced has been read: the exported consumer lag is there and at zero.
         # The gauge is set by a timer: wait for it to be exported (and at zero), never assume it is.
         worker.wait_series("valueloop_consumer_lag_messages", 0, topic="deployments")
+        # The standard process series are on the worker's own registry too.
+        assert worker.metric("process_resident_memory_bytes") > 0
+
+        # CDEvents 0.4.0 as a producer sends them: the change names no service (its repository
+        # is `shop-repo`), the key does; the deployment shares its chain_id: a lead time for shop.
+        now = time.time()
+        merged = {
+            "context": {
+                "version": "0.4.0",
+                "id": f"{prefix}-merged",
+                "chain_id": f"{prefix}-chain",
+                "source": "/scm",
+                "type": "dev.cdevents.change.merged.0.2.0",
+                "timestamp": format_timestamp(now - 7200),
+            },
+            "subject": {
+                "id": "PR-1",
+                "type": "change",
+                "content": {"repository": {"id": "acme/shop-repo"}},
+            },
+        }
+        deployed = {
+            "context": {
+                "version": "0.4.0",
+                "id": f"{prefix}-deployed",
+                "chain_id": f"{prefix}-chain",
+                "source": "/cd",
+                "type": "dev.cdevents.service.deployed.0.2.0",
+                "timestamp": format_timestamp(now - 3600),
+            },
+            "subject": {
+                "id": "service/shop",
+                "type": "service",
+                "content": {
+                    "environment": {"id": "production"},
+                    "artifactId": "pkg:oci/shop@v1.0.0",
+                },
+            },
+        }
+        p.produce(f"{prefix}.workflow", key=b"shop", value=orjson.dumps(merged))
+        p.flush(10)
+        worker.wait_for("valueloop_events_accepted_total", 1, topic="workflow")
+        p.produce(dep, key=b"shop", value=orjson.dumps(deployed))
+        p.flush(10)
+        worker.wait_for("valueloop_change_lead_time_seconds_count", 1, service="shop")
+        assert worker.metric("valueloop_change_lead_time_seconds_sum", service="shop") == 3600
     finally:
         worker.stop()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 from faust.types import TP
 
 from stream_app.agents.intake import BatchRunner
@@ -130,3 +131,39 @@ def test_a_checkpoint_acks_nothing_until_the_dead_letters_are_delivered() -> Non
     asyncio.run(cp.run(app, lambda: snapshots.append("written")))
     assert [e.message.offset for e in stream.acked] == [0, 1]
     assert snapshots == ["written"] and cp.pending == []
+
+
+def test_the_message_key_names_the_service_of_an_event_that_names_none() -> None:
+    """A pipelinerun keyed ``shop`` (subject.source ``/ci/pipelines/123``) reaches the core as
+    shop's: the worker hands the Kafka key to the codec."""
+    run_finished = {
+        "context": {
+            "version": "0.4.0",
+            "id": "run-123-finished",
+            "chain_id": "c-1",
+            "source": "/ci",
+            "type": "dev.cdevents.pipelinerun.finished.0.2.0",
+            "timestamp": "2026-03-02T10:00:00Z",
+        },
+        "subject": {"id": "123", "source": "/ci/pipelines/123", "content": {"outcome": "success"}},
+    }
+    services: list[str] = []
+
+    def handle(ev: Decoded, topic: str, partition: int, offset: int) -> Step:
+        services.append(ev.service)
+        return Step([], "accepted", ev.service)
+
+    run = BatchRunner(
+        handle,
+        Metrics(),
+        {"workflow": "workflow"},
+        impact="impact",
+        ledger="ledger",
+        deadletter=lambda *_: None,
+        max_bytes=1_000_000,
+    )
+    ev = event(0, 1)
+    ev.message.topic, ev.message.tp = "workflow", TP("workflow", 0)
+    ev.message.key, ev.message.value = b"shop", orjson.dumps(run_finished)
+    run([ev], {TP("workflow", 0)}, generation=1)
+    assert services == ["shop"]

@@ -670,8 +670,10 @@ class ImpactEngine:
             if name == "daily" and not _same_days(span[0], r.time, span[1], days):
                 # Another kind of day at the same hours (a Sunday for a Monday, or a span that
                 # crosses the Sunday->Monday step where this one does not): its shape is not
-                # this day's. Only the week-ago windows stand for any day.
-                continue
+                # this day's. Only the week-ago windows stand for any day; such a day serves only
+                # when nothing else does, over short windows, its spread against the other
+                # days counted as noise (see `_judge_release`).
+                name = OTHER_DAY
             bref, _ = self._window(
                 st, spec, plan.base_first - k, plan.base_stop - k, scope, None, horizon
             )
@@ -721,7 +723,11 @@ class ImpactEngine:
                 continue
             fixed = self._fixed_windows(st, rs, spec, horizon)
             kpi_look = look
-            reach = _reference_reach(fixed, spec)
+            fallback = spec.seasonality != "none" and not any(x[0] != OTHER_DAY for x in fixed.refs)
+            if fallback and elapsed >= FALLBACK_SECONDS:
+                elapsed = max(FALLBACK_SECONDS, min(spec.post_seconds, elapsed))
+                kpi_look = dataclasses.replace(look, last=True)
+            reach = _reference_reach(fixed, spec, fallback)
             if reach is not None and elapsed >= reach:
                 # Every reference day has a release of its own by then: the look there is the
                 # last this KPI can take with a reference.
@@ -746,7 +752,7 @@ class ImpactEngine:
             elif fixed.base.samples <= 0 and post.samples <= 0:
                 j = _no_data(spec)
             else:
-                cut, refs = _usable_references(fixed, n_post, spec)
+                cut, refs = _usable_references(fixed, n_post, spec, fallback)
                 base = _tail(fixed.base, cut)
                 n_base = sum(1 for d in base.den if d > 0)
                 refs = [ref for ref in refs if _covers(ref.base, n_base) and _covers(ref.post, np_)]
@@ -1029,41 +1035,59 @@ def _tail(w: WindowData, cut: int) -> WindowData:
 
 # The shortest baseline a reference may leave after the release it holds (see `_usable`).
 MIN_REFERENCE_BASE_SECONDS = 3600.0
+# Days of another kind (a reference of last resort) serve over windows this short.
+FALLBACK_SECONDS = 3600.0
+OTHER_DAY = "other-day"
 
 
-def _usable_references(fixed: _Fixed, n_post: int, spec: KpiSpec) -> tuple[int, list[Reference]]:
+def _usable_references(
+    fixed: _Fixed, n_post: int, spec: KpiSpec, fallback: bool = False
+) -> tuple[int, list[Reference]]:
     """The references clean over this look's windows, and the baseline buckets to skip for them.
 
     A reference whose post window holds a release before this look's end is left out. One whose
     baseline holds a release is used after it only, and so is the release's own baseline: the
     week-ago windows set where the baseline starts when they are usable, else the median of the
     earlier days' starts; references starting later than that are left out, and none may leave
-    less than an hour of baseline.
+    less than an hour of baseline. `fallback`: only days of another kind exist, and serve over
+    the last hour of the baseline.
     """
     n_base = len(fixed.base.num)
-    least = min(
-        n_base, max(spec.min_buckets, round(MIN_REFERENCE_BASE_SECONDS / spec.bucket_seconds))
-    )
-    ok = [x for x in fixed.refs if x[5] >= n_post and n_base - x[4] >= least]
+    least = _least_base(n_base, spec)
+    pool = [x for x in fixed.refs if (x[0] == OTHER_DAY) == fallback]
+    floor = max(0, n_base - least) if fallback else 0
+    ok = [x for x in pool if x[5] >= n_post and n_base - max(x[4], floor) >= least]
     if not ok:
         return 0, []
     weekly = [x for x in ok if x[0] == "weekly"]
-    cuts = sorted(x[4] for x in ok)
-    cut = weekly[0][4] if weekly else cuts[(len(cuts) - 1) // 2]
-    chosen = [x for x in ok if x[4] <= cut]
+    cuts = sorted(max(x[4], floor) for x in ok)
+    cut = max(weekly[0][4], floor) if weekly else cuts[(len(cuts) - 1) // 2]
+    chosen = [x for x in ok if max(x[4], floor) <= cut]
     return cut, [
-        Reference(name, days, _tail(bref, cut), _head(pref, n_post))
+        Reference(
+            "daily" if name == OTHER_DAY else name, days, _tail(bref, cut), _head(pref, n_post)
+        )
         for name, days, bref, pref, _, _ in chosen
     ]
 
 
-def _reference_reach(fixed: _Fixed, spec: KpiSpec) -> float | None:
-    """How far after the release some reference stays clean (None: no seasonal references)."""
-    n_base = len(fixed.base.num)
-    least = min(
+def _least_base(n_base: int, spec: KpiSpec) -> int:
+    """The fewest baseline buckets a reference may leave (an hour, at least min_buckets)."""
+    return min(
         n_base, max(spec.min_buckets, round(MIN_REFERENCE_BASE_SECONDS / spec.bucket_seconds))
     )
-    clean = [x[5] for x in fixed.refs if n_base - x[4] >= least]
+
+
+def _reference_reach(fixed: _Fixed, spec: KpiSpec, fallback: bool = False) -> float | None:
+    """How far after the release some reference stays clean (None: no seasonal references)."""
+    n_base = len(fixed.base.num)
+    least = _least_base(n_base, spec)
+    floor = max(0, n_base - least) if fallback else 0
+    clean = [
+        x[5]
+        for x in fixed.refs
+        if (x[0] == OTHER_DAY) == fallback and n_base - max(x[4], floor) >= least
+    ]
     if not clean:
         return None
     return max(clean) * spec.bucket_seconds
@@ -1079,7 +1103,9 @@ def _kind(label: str | None) -> str | None:
     """The record's seasonal_reference: "weekly", "daily", "control" or None."""
     if label is None:
         return None
-    return "weekly" if "weekly" in label else "daily" if "daily" in label else label
+    if "weekly" in label:
+        return "weekly"
+    return "daily" if "daily" in label or "other" in label else label
 
 
 def _pool(windows: Sequence[WindowData]) -> WindowData:

@@ -258,9 +258,14 @@ def _seasonal_factor(spec: KpiSpec, refs: Sequence[Reference], phi: float) -> _F
     dropped = [f"{c[0].lag_days}d" for c in seasonal if c not in use]
     if use:
         weekly_n = sum(1 for c in use if c[0].label.startswith("weekly"))
-        daily_n = len(use) - weekly_n
+        other_n = sum(1 for c in use if c[0].label == "other-day")
+        daily_n = len(use) - weekly_n - other_n
         days = "daily" if daily_n == 1 else f"daily x{daily_n}"
-        label = "+".join((["weekly"] if weekly_n else []) + ([days] if daily_n else []))
+        label = "+".join(
+            (["weekly"] if weekly_n else [])
+            + ([days] if daily_n else [])
+            + ([f"other days x{other_n} (short windows)"] if other_n else [])
+        )
     else:
         use, label = control, "control"
     f, v = pooled(use)

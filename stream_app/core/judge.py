@@ -238,7 +238,10 @@ def _seasonal_factor(spec: KpiSpec, refs: Sequence[Reference], phi: float) -> _F
 
     seasonal = [c for c in cands if c[0].label != "control"]
     control = [c for c in cands if c[0].label == "control"]
-    inflation = _inflation([(f, v) for _, f, v in seasonal])
+    # Days of other kinds (the last resort) differ by kind, not by chance: their whole spread,
+    # not a robust one, is the reference's uncertainty.
+    robust = not any(c[0].label == "other-day" for c in seasonal)
+    inflation = _inflation([(f, v) for _, f, v in seasonal], robust=robust)
 
     def agrees(item: tuple[Reference, float, float], f0: float, v0: float) -> bool:
         return abs(item[1] - f0) <= REFERENCE_AGREEMENT_Z * math.sqrt((item[2] + v0) * inflation)
@@ -275,7 +278,7 @@ def _seasonal_factor(spec: KpiSpec, refs: Sequence[Reference], phi: float) -> _F
     return _Factor(f, v, label, note if dropped else "", inflation)
 
 
-def _inflation(factors: Sequence[tuple[float, float]]) -> float:
+def _inflation(factors: Sequence[tuple[float, float]], robust: bool = True) -> float:
     """How much more the earlier days' factors scatter than their model variance says (>= 1).
 
     Each earlier day is a placebo release at the same hours: its factor log(post/base) is what
@@ -290,9 +293,12 @@ def _inflation(factors: Sequence[tuple[float, float]]) -> float:
     v = np.array([x for _, x in factors])
     if len(factors) == 2:
         mad = abs(float(f[0] - f[1])) / math.sqrt(float(v.sum()))
-    else:
+    elif robust:
         z = (f - np.median(f)) / np.sqrt(v)
         mad = float(np.median(np.abs(z - np.median(z)))) * 1.4826
+    else:
+        z = (f - np.average(f, weights=1 / v)) / np.sqrt(v)
+        mad = math.sqrt(float(np.sum(z * z)) / (len(z) - 1))
     n = len(factors) - 1
     k2 = (INFLATION_PRIOR + n * mad**2) / (INFLATION_PRIOR + n)
     return max(1.0, k2)

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     topic_ledger: str = Field(
         default="vsm.ledger", description="Output: value-ledger entries (cost and delivered value)."
     )
+    topic_otlp: str = Field(
+        default="vsm.otlp",
+        description="Input: OTLP metrics (ExportMetricsServiceRequest, otlp_proto or otlp_json) "
+        "from the OpenTelemetry Collector's Kafka exporter, any key.",
+    )
     topic_partitions: int = Field(
         default=4, ge=1, description="Partitions of the input and output topics."
     )
@@ -205,6 +210,7 @@ class Settings(BaseSettings):
             "impact": self.topic_impact,
             "deadletter": self.topic_deadletter,
             "ledger": self.topic_ledger,
+            "otlp": self.topic_otlp,
         }
 
     def kafka_client_config(self) -> dict[str, str | int | float | bool]:

@@ -157,6 +157,27 @@ class Settings(BaseSettings):
         default=7.0, gt=0, description="Period of flow and DORA reports (event time, days)."
     )
 
+    # HTTP CloudEvents sink (`valueloop sink`)
+    sink_host: str = Field(
+        default="127.0.0.1",
+        description="Address the HTTP CloudEvents sink binds (beyond loopback it needs a token).",
+    )
+    sink_port: int = Field(default=9109, ge=0, le=65535, description="Port of the sink.")
+    sink_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token POST /events requires (Authorization: Bearer ...). Unset: no "
+        "token, allowed only on a loopback address.",
+    )
+    sink_max_request_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Larger request bodies are refused (413)."
+    )
+    sink_delivery_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Events not delivered to Kafka within this are answered 503.",
+    )
+
     # Local broker
     broker_port: int = Field(
         default=0, ge=0, le=65535, description="Local broker port; 0 picks a free one."

@@ -14,6 +14,7 @@ ids, which the pipeline drops as duplicates.
 from __future__ import annotations
 
 import logging
+import zlib
 from typing import Any
 
 import faust
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 # Permanent names: they name the internal topic and the changelog topic.
 REKEY_TOPIC_SUFFIX = "otlp-by-service"
 SERIES_TABLE = "otlp-series"
+STATE_MAX_BYTES = 16 * 1024 * 1024
 
 
 def convert_part(
@@ -42,13 +44,16 @@ def convert_part(
     request = decode_request(value, max_bytes=len(value) + 1)
     if isinstance(request, Rejected):  # we wrote it ourselves: only a bug gets here
         log.error("internal OTLP record for %s unreadable: %s", service, request.detail)
-        return [], state or b"{}"
+        return [], state or zlib.compress(b"{}")
     points, skipped = points_of(request)
-    series = orjson.loads(state) if state else {}
+    series = orjson.loads(zlib.decompress(state)) if state else {}
     out = convert(service, points, catalog, series)
     for outcome, n in (out.outcomes + skipped).items():
         metrics.otlp_points.labels(outcome).inc(n)
-    return [orjson.dumps(sample_to_obj(s)) for s in out.samples], orjson.dumps(series)
+    # One value per service, rewritten per request: compressed (ids and times repeat a lot).
+    return [orjson.dumps(sample_to_obj(s)) for s in out.samples], zlib.compress(
+        orjson.dumps(series), 1
+    )
 
 
 def register_otlp(
@@ -65,7 +70,12 @@ def register_otlp(
         f"{settings.app_id}-{REKEY_TOPIC_SUFFIX}", partitions=parts, internal=True
     )
     telemetry = app.topic(settings.topic_telemetry, partitions=parts)
-    table: Any = app.Table(SERIES_TABLE, default=None, partitions=parts)
+    table: Any = app.Table(
+        SERIES_TABLE,
+        default=None,
+        partitions=parts,
+        extra_topic_configs={"max.message.bytes": str(STATE_MAX_BYTES)},
+    )
     # Keys are service names and values orjson bytes: rebuild the changelog topic raw (faust's
     # default json serializer would fail on recovery), as the impact-state table does.
     table.key_serializer = "raw"

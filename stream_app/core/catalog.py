@@ -49,7 +49,7 @@ SCOPE_KEYS = frozenset({"labels", "max_values"})
 OTLP_KEYS = frozenset({"labels", "first_point_window", "max_series", "metrics"})
 OTLP_METRIC_KEYS = frozenset({"stream", "scale", "count_stream"})
 DEFAULT_FIRST_POINT_WINDOW = 300.0
-DEFAULT_MAX_SERIES = 10_000
+DEFAULT_MAX_SERIES = 5_000
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}

@@ -101,9 +101,11 @@ def register_otlp(
     @app.agent(by_service, name="otlp-convert")
     async def otlp_convert(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
-            service = event.key.decode()
-            stored = table.get(service)
-            samples, state = convert_part(catalog, service, event.value, stored, metrics)
-            table[service] = state
+            # Keys are bytes both ways: the raw changelog restores them as bytes after a restart.
+            key: bytes = event.key
+            samples, state = convert_part(
+                catalog, key.decode(), event.value, table.get(key), metrics
+            )
+            table[key] = state
             for value in samples:
-                await telemetry.send(key=event.key, value=value)
+                await telemetry.send(key=key, value=value)

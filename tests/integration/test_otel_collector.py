@@ -190,3 +190,14 @@ def test_a_real_collector_feeds_each_service_in_both_encodings(
         for provider in providers:
             provider.shutdown()
         worker.stop()
+
+
+def test_the_documented_collector_config_is_valid(otelcol: Path) -> None:
+    config = ROOT / "deploy" / "otel-collector" / "collector.yaml"
+    done = subprocess.run(
+        [str(otelcol), "validate", f"--config=file:{config}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr

@@ -13,6 +13,7 @@ replay of the same conversion, the bad release must be degraded, and bad payload
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from bisect import bisect_left
 from collections import defaultdict
@@ -50,7 +51,7 @@ from stream_app.producer import Sender, ensure_topics
 from stream_app.replay import ReplayOutcome, replay
 from stream_app.settings import Settings
 from tests.integration.test_impact_e2e import _finals, _read_impact, e2e_scenario
-from tests.integration.workerproc import consume_all, start_worker, topic_env
+from tests.integration.workerproc import WorkerProc, consume_all, start_worker, topic_env
 
 pytestmark = pytest.mark.integration
 
@@ -287,3 +288,60 @@ def test_otlp_metrics_in_both_encodings_reach_buckets_and_verdicts(
     finally:
         worker.stop()
         consumer.close()
+
+
+def test_cumulative_series_state_survives_a_worker_restart(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A restarted worker goes on from the stored series state: no point is counted twice
+    (its first point would count in full) and none is lost (it would be only a baseline)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    env = {**topic_env(prefix), "VALUELOOP_APP_ID": f"{prefix}-app"}
+    settings = Settings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        **{k[len("VALUELOOP_") :].lower(): v for k, v in env.items()},
+    )
+    ensure_topics(settings)
+    now = time.time()
+    sdk = FakeSdk("checkout", now - 1800)
+    sdk.start_ns -= 3600 * 10**9  # a process up for an hour: its first point is the baseline
+    increments = [100.0, 5.0, 7.0, 11.0, 13.0, 17.0]
+    requests = []
+    for i, n in enumerate(increments):
+        sample = KpiSample("checkout", "orders", now - 1800 + 60 * i, n, 1.0, {"region": "eu"})
+        requests.append(sdk.export(sample.time, [sample]).SerializeToString())
+    want = sum(increments[1:])  # the first point is the baseline
+
+    def produce(batch: list[bytes]) -> None:
+        p = Producer({"bootstrap.servers": kafka_bootstrap})
+        for value in batch:
+            p.produce(settings.topic_otlp, value=value, key=sdk.key())
+        assert p.flush(30) == 0
+
+    def orders(worker: WorkerProc, want: float) -> float:
+        deadline = time.monotonic() + 60
+        have = None
+        while time.monotonic() < deadline:
+            totals = orjson.loads(worker.get("/state/totals")[1])
+            have = totals.get("checkout", {}).get("orders/", {}).get("sum")
+            if have == want:
+                break
+            time.sleep(0.5)
+        return float(have or 0.0)
+
+    worker = start_worker(kafka_bootstrap, env, tmp_path)
+    try:
+        produce(requests[:3])
+        assert orders(worker, sum(increments[1:3])) == sum(increments[1:3])
+        worker.wait_for("valueloop_state_flushed_timestamp_seconds", time.time() + 0.5)
+        time.sleep(2)  # past the offset commit interval
+    finally:
+        worker.stop()
+    worker = start_worker(kafka_bootstrap, env, tmp_path)
+    try:
+        produce(requests[3:])
+        assert orders(worker, want) == want, worker.tail()
+        assert worker.metric("valueloop_otlp_points_total", outcome="baseline") == 0
+        assert worker.metric("valueloop_otlp_points_total", outcome="first") == 0
+    finally:
+        worker.stop()

@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         default=256 * 1024, ge=512, description="Messages larger than this are dead-lettered."
     )
+    max_otlp_message_bytes: int = Field(
+        default=1000 * 1000,
+        ge=512,
+        le=1000 * 1000,
+        description="OTLP records larger than this are dead-lettered (oversized). A Collector "
+        "batch is often larger than an event: the default is Kafka's own record limit.",
+    )
     # Input guard (stream_app/core/guard.py): input beyond these is dead-lettered with a reason.
     max_services: int = Field(
         default=1000,

@@ -86,7 +86,7 @@ def register_otlp(
     async def otlp_rekey(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
             msg = event.message
-            split, rejected = rekey(msg.value, max_bytes=settings.max_message_bytes)
+            split, rejected = rekey(msg.value, max_bytes=settings.max_otlp_message_bytes)
             for service, value in split.items():
                 await by_service.send(key=service.encode(), value=value)
             if rejected is not None:

@@ -246,6 +246,35 @@ def worker(
     run_worker(kafka_settings())
 
 
+@app.command()
+def sink(
+    host: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VALUELOOP_SINK_HOST",
+            help="Address to bind; beyond loopback VALUELOOP_SINK_TOKEN is required. "
+            "[default: 127.0.0.1]",
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(envvar="VALUELOOP_SINK_PORT", help="Port to listen on. [default: 9109]"),
+    ] = None,
+) -> None:
+    """HTTP CloudEvents sink: POST /events (binary, structured, batch) -> the input topics.
+
+    Events are validated like the worker's Kafka input and answered 202 once Kafka has them.
+    The bearer token is read from VALUELOOP_SINK_TOKEN only (never a command-line argument).
+    """
+    _State.overrides.update(sink_host=host, sink_port=port)
+    from stream_app.sink import run_sink
+
+    try:
+        run_sink(kafka_settings())
+    except ValueError as exc:
+        fail(str(exc))
+
+
 # ---------------------------------------------------------------------------- emit
 class Form(StrEnum):
     """How a CDEvent is put on the wire."""

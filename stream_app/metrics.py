@@ -90,6 +90,13 @@ class Metrics:
             " applied nor acked; read again from the committed offset.",
             registry=r,
         )
+        self.otlp_points = Counter(
+            "valueloop_otlp_points_total",
+            "OTLP data points by what became of them (converted, first, reset, baseline, stale,"
+            " unmapped, unsupported, no-value, non-finite).",
+            ["outcome"],
+            registry=r,
+        )
         self.samples = Counter(
             "valueloop_samples_total",
             "KPI samples by what the bucket store did with them (accepted, late, ...).",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -205,3 +206,71 @@ class Sender:
             if close is not None:
                 close()
             del self._producer  # older clients: the last reference goes, the handle is destroyed
+
+
+class AsyncSender:
+    """A confluent-kafka producer for asyncio code: `send` returns a future resolved on delivery.
+
+    A daemon thread serves librdkafka's delivery reports and hands each result to the event loop
+    of the caller, so a request handler can await delivery without blocking the loop.
+    """
+
+    def __init__(self, settings: Settings, *, timeout: float = 10.0, **overrides: Any) -> None:
+        import threading
+
+        conf: dict[str, Any] = {
+            **settings.kafka_client_config(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            # A message not delivered within this fails its future (the caller answers 503).
+            "message.timeout.ms": max(1, int(timeout * 1000)),
+        }
+        conf.update(overrides)
+        self._producer = Producer(conf)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="sink-delivery", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> asyncio.Future[tuple[str, int, int]]:
+        """Queue one message; the future gives (topic, partition, offset) once Kafka has it.
+
+        The future fails with DeliveryError when the message cannot be queued or delivered.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[str, int, int]] = loop.create_future()
+
+        def settle(err: KafkaError | None, msg: Any) -> None:
+            if fut.done():
+                return
+            if err is not None:
+                fut.set_exception(DeliveryError(f"not delivered to {topic}: {err.str()}"))
+            else:
+                fut.set_result((msg.topic(), msg.partition(), msg.offset()))
+
+        def on_delivery(err: KafkaError | None, msg: Any) -> None:
+            loop.call_soon_threadsafe(settle, err, msg)
+
+        try:
+            self._producer.produce(
+                topic, value=value, key=key, headers=headers, on_delivery=on_delivery
+            )
+        except (BufferError, KafkaException) as exc:
+            fut.set_exception(DeliveryError(f"cannot queue a message for {topic}: {exc}"))
+        return fut
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued (up to `timeout`) and stop the delivery thread."""
+        self._producer.flush(timeout)
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     topic_ledger: str = Field(
         default="vsm.ledger", description="Output: value-ledger entries (cost and delivered value)."
     )
+    topic_otlp: str = Field(
+        default="vsm.otlp",
+        description="Input: OTLP metrics (ExportMetricsServiceRequest, otlp_proto or otlp_json) "
+        "from the OpenTelemetry Collector's Kafka exporter, any key.",
+    )
     topic_partitions: int = Field(
         default=4, ge=1, description="Partitions of the input and output topics."
     )
@@ -98,6 +103,13 @@ class Settings(BaseSettings):
     )
     max_message_bytes: int = Field(
         default=256 * 1024, ge=512, description="Messages larger than this are dead-lettered."
+    )
+    max_otlp_message_bytes: int = Field(
+        default=1000 * 1000,
+        ge=512,
+        le=1000 * 1000,
+        description="OTLP records larger than this are dead-lettered (oversized). A Collector "
+        "batch is often larger than an event: the default is Kafka's own record limit.",
     )
     # Input guard (stream_app/core/guard.py): input beyond these is dead-lettered with a reason.
     max_services: int = Field(
@@ -150,6 +162,27 @@ class Settings(BaseSettings):
     )
     report_period_days: float = Field(
         default=7.0, gt=0, description="Period of flow and DORA reports (event time, days)."
+    )
+
+    # HTTP CloudEvents sink (`valueloop sink`)
+    sink_host: str = Field(
+        default="127.0.0.1",
+        description="Address the HTTP CloudEvents sink binds (beyond loopback it needs a token).",
+    )
+    sink_port: int = Field(default=9109, ge=0, le=65535, description="Port of the sink.")
+    sink_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token POST /events requires (Authorization: Bearer ...). Unset: no "
+        "token, allowed only on a loopback address.",
+    )
+    sink_max_request_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Larger request bodies are refused (413)."
+    )
+    sink_delivery_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Events not delivered to Kafka within this are answered 503.",
     )
 
     # Local broker
@@ -205,6 +238,7 @@ class Settings(BaseSettings):
             "impact": self.topic_impact,
             "deadletter": self.topic_deadletter,
             "ledger": self.topic_ledger,
+            "otlp": self.topic_otlp,
         }
 
     def kafka_client_config(self) -> dict[str, str | int | float | bool]:

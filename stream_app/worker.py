@@ -12,6 +12,7 @@ from faust.web import Request, Response, View
 
 from stream_app.agents.debug import broker_reachable, register_debug_pages
 from stream_app.agents.intake import Checkpoint, register_intake, rewind_uncommitted
+from stream_app.agents.otlp import register_otlp
 from stream_app.agents.state import ServiceStateTable
 from stream_app.app import build_app
 from stream_app.codec import Decoded
@@ -33,8 +34,9 @@ def build_worker_app(
     app = build_app(settings)
     metrics = metrics or Metrics(max_services=settings.max_services)
     add_process_collectors(metrics.registry)  # process_* (memory, CPU, fds) and python_info
+    catalog = load_catalog(settings.kpis_file)
     pipeline = Pipeline(
-        load_catalog(settings.kpis_file),
+        catalog,
         load_valuestream(settings.valuestream_file),
         report_period_seconds=settings.report_period_days * 86400.0,
         features=load_features(settings.features_file),
@@ -70,6 +72,8 @@ def build_worker_app(
     checkpointed = {settings.topic_deployments, settings.topic_telemetry}
     checkpoint = Checkpoint()
     register_intake(app, settings, metrics, handle, checkpoint)
+    assert checkpoint.deadletters is not None  # register_intake made them
+    register_otlp(app, settings, metrics, catalog, checkpoint.deadletters)
     inputs = ("deployments", "telemetry", "workflow", "incidents")
     roles_by_topic = {settings.topic_names()[r]: r for r in inputs}
 

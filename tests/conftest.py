@@ -56,7 +56,7 @@ class TopicNames:
 
     def settings_fields(self) -> dict[str, str]:
         """``Settings`` keyword arguments giving every topic and the app id a unique name."""
-        roles = (*INPUT_TOPIC_KEYS, "impact", "deadletter", "ledger")
+        roles = (*INPUT_TOPIC_KEYS, "impact", "deadletter", "ledger", "otlp")
         fields = {f"topic_{role}": self(role) for role in roles}
         fields["app_id"] = self.prefix
         return fields

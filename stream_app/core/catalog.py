@@ -46,13 +46,46 @@ KPI_KEYS = frozenset(
 )
 # Identity fields make no sense as a default for every KPI.
 DEFAULT_KEYS = KPI_KEYS - {"name", "stream", "numerator", "denominator", "quantile"}
-TOP_KEYS = frozenset({"defaults", "scope", "kpi"})
+TOP_KEYS = frozenset({"defaults", "scope", "kpi", "otlp"})
 SCOPE_KEYS = frozenset({"labels", "max_values"})
+OTLP_KEYS = frozenset({"labels", "first_point_window", "max_series", "metrics"})
+OTLP_METRIC_KEYS = frozenset({"stream", "scale", "count_stream"})
+DEFAULT_FIRST_POINT_WINDOW = 300.0
+DEFAULT_MAX_SERIES = 5_000
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpMetric:
+    """Where one OTLP metric goes: its sample stream, a unit scale, and (histograms) the stream
+    that receives its observation count."""
+
+    stream: str
+    scale: float = 1.0
+    count_stream: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpConfig:
+    """The catalog's ``[otlp]`` table: how OTLP metrics become KPI samples.
+
+    Attributes:
+        metrics: explicit metric name -> target; other metrics map by name (`Catalog.otlp_target`).
+        labels: data-point attributes kept as sample labels (None: the catalog's scope labels).
+        first_point_window: the first cumulative point of a series counts in full when it started
+            at most this long before it (a new process); else it is only the baseline.
+        max_series: cumulative series remembered per service; beyond it the least recently
+            updated are forgotten.
+    """
+
+    metrics: Mapping[str, OtlpMetric] = field(default_factory=dict)
+    labels: tuple[str, ...] | None = None
+    first_point_window: float = DEFAULT_FIRST_POINT_WINDOW
+    max_series: int = DEFAULT_MAX_SERIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +103,7 @@ class Catalog:
     scope_labels: tuple[str, ...] = DEFAULT_SCOPE_LABELS
     max_label_values: int = DEFAULT_MAX_LABEL_VALUES
     source: str = "kpis.toml"
+    otlp: OtlpConfig = field(default_factory=OtlpConfig)
     _by_stream: dict[str, tuple[KpiSpec, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -85,6 +119,22 @@ class Catalog:
     def by_stream(self, stream: str) -> tuple[KpiSpec, ...]:
         """KPIs that read the sample stream `stream` (empty when none does)."""
         return self._by_stream.get(stream, ())
+
+    def otlp_target(self, metric: str) -> OtlpMetric | None:
+        """Where the OTLP metric `metric` goes: the ``[otlp.metrics]`` entry, else the stream of
+        that name, else of that name with ``.``, ``-`` and ``/`` as ``_`` (``shop.orders`` ->
+        ``shop_orders``) when a KPI reads it; None when no KPI reads it."""
+        explicit = self.otlp.metrics.get(metric)
+        if explicit is not None:
+            return explicit
+        for name in (metric, re.sub(r"[.\-/]", "_", metric)):
+            if name in self._by_stream:
+                return OtlpMetric(name)
+        return None
+
+    def otlp_labels(self) -> tuple[str, ...]:
+        """Data-point attributes kept as sample labels."""
+        return self.otlp.labels if self.otlp.labels is not None else self.scope_labels
 
     def streams(self) -> frozenset[str]:
         """Every sample stream some KPI reads."""
@@ -419,9 +469,68 @@ def parse_catalog(toml_text: str, source: str = "kpis.toml") -> Catalog:
                     f"field 'bucket': stream '{stream}' already uses {other[0]:g}s buckets "
                     f"(kpi '{other[1]}'); KPIs reading one stream must share the bucket width",
                 )
+    otlp = _otlp(errors, doc.get("otlp", {}))
     errors.raise_if_any()
     return Catalog(
-        kpis=tuple(specs), scope_labels=labels, max_label_values=max_values, source=source
+        kpis=tuple(specs),
+        scope_labels=labels,
+        max_label_values=max_values,
+        source=source,
+        otlp=otlp,
+    )
+
+
+def _otlp(errors: _Errors, table: object) -> OtlpConfig:
+    """The ``[otlp]`` table (metric mapping for OTLP input), problems recorded in `errors`."""
+    if not isinstance(table, dict):
+        errors.add("[otlp]", "must be a table")
+        return OtlpConfig()
+    errors.unknown_keys("[otlp]", table, OTLP_KEYS)
+    labels: tuple[str, ...] | None = None
+    if "labels" in table:
+        raw = table["labels"]
+        if isinstance(raw, list) and all(isinstance(x, str) and x for x in raw):
+            labels = tuple(dict.fromkeys(raw))
+        else:
+            errors.add("[otlp]", f"field 'labels': must be a list of attribute names, got {raw!r}")
+    window = DEFAULT_FIRST_POINT_WINDOW
+    try:
+        window = parse_duration(table.get("first_point_window", window))
+    except ValueError as exc:
+        errors.add("[otlp]", f"field 'first_point_window': {exc}")
+    max_series = _int(
+        errors, "[otlp]", "max_series", table.get("max_series", DEFAULT_MAX_SERIES), 1
+    )
+    metrics: dict[str, OtlpMetric] = {}
+    raw_metrics = table.get("metrics", {})
+    if not isinstance(raw_metrics, dict):
+        errors.add("[otlp]", "field 'metrics': must be a table of metric name = stream")
+        raw_metrics = {}
+    for metric, target in raw_metrics.items():
+        where = f"[otlp.metrics] '{metric}'"
+        if isinstance(target, str):
+            target = {"stream": target}
+        if not isinstance(target, dict):
+            errors.add(where, f"must be a stream name or a table, got {target!r}")
+            continue
+        errors.unknown_keys(where, target, OTLP_METRIC_KEYS)
+        stream = _stream_name(errors, where, "stream", target.get("stream"))
+        if stream is None:
+            if "stream" not in target:
+                errors.add(where, "field 'stream': missing")
+            continue
+        count_stream = _stream_name(errors, where, "count_stream", target.get("count_stream"))
+        scale = target.get("scale", 1.0)
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, int | float)
+            or not (math.isfinite(scale) and scale > 0)
+        ):
+            errors.add(where, f"field 'scale': must be a number > 0, got {scale!r}")
+            continue
+        metrics[metric] = OtlpMetric(stream, float(scale), count_stream)
+    return OtlpConfig(
+        metrics=metrics, labels=labels, first_point_window=window, max_series=max_series
     )
 
 

@@ -17,7 +17,16 @@ __all__ = ["WorkerProc", "consume_all", "free_port", "start_worker", "topic_env"
 
 def topic_env(prefix: str) -> dict[str, str]:
     """VALUELOOP_TOPIC_* variables that give a test its own topics."""
-    roles = ("deployments", "telemetry", "workflow", "incidents", "impact", "deadletter", "ledger")
+    roles = (
+        "deployments",
+        "telemetry",
+        "workflow",
+        "incidents",
+        "impact",
+        "deadletter",
+        "ledger",
+        "otlp",
+    )
     return {f"VALUELOOP_TOPIC_{r.upper()}": f"{prefix}.{r}" for r in roles}
 
 

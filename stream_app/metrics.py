@@ -139,6 +139,12 @@ class Metrics:
             "Messages written to the dead-letter topic.",
             registry=r,
         )
+        self.deadletter_truncated = Counter(
+            "valueloop_deadletter_truncated_total",
+            "Dead letters sent as a truncated copy (with the original's size and SHA-256) because"
+            " the original was too large to re-produce.",
+            registry=r,
+        )
         self.state_snapshots = Counter(
             "valueloop_state_snapshots_total",
             "Service snapshots written to the changelog-backed state table.",

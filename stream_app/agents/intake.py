@@ -253,12 +253,16 @@ def register_intake(
         untrack=untrack,
     )
 
+    stall_key = settings.test_stall_key.encode() if settings.test_stall_key else None
+
     async def process(stream: faust.StreamT[Any]) -> None:
         # noack_take is faust's take() without the ack: its stub in StreamT is missing.
         batches = stream.noack_take(BATCH_MAX, within=BATCH_WITHIN)  # type: ignore[attr-defined]
         async for batch in batches:
             events = list(batch)
             async with checkpoint.lock:
+                if stall_key is not None and any(e.message.key == stall_key for e in events):
+                    await stall_for_tests(events)
                 assigned = app.consumer.assignment()
                 sends, done = run_batch(events, assigned, app.consumer_generation_id)
                 for topic, key, value, headers in sends:
@@ -271,6 +275,13 @@ def register_intake(
     for agent_name, roles in AGENT_ROLES:
         source = app.topic(*(names[r] for r in roles), partitions=settings.topic_partitions)
         app.agent(source, name=agent_name)(process)
+
+
+async def stall_for_tests(events: list[Any]) -> None:
+    """Block the batch step for good (VALUELOOP_TEST_STALL_KEY, tests only): an intake stuck on
+    an await, holding the checkpoint lock, as a hung send or a bug would leave it."""
+    log.warning("test hook: the batch step blocks for good (%d events)", len(events))
+    await asyncio.Event().wait()
 
 
 async def rewind_uncommitted(app: faust.App, topics: set[str]) -> int:

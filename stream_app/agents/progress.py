@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
@@ -40,6 +40,23 @@ class InputProgress:
         self.watch = StallWatch(stall_after)
         self.last: list[PartitionProgress] = []
         self._ends: dict[Any, int] = {}  # last end offset the broker gave, per partition
+        self._starts: dict[Any, int] = {}  # log start offsets of never-committed partitions
+        self._asking: dict[str, asyncio.Future[Any]] = {}
+
+    async def _ask(self, what: str, request: Callable[[], Awaitable[Any]]) -> Any:
+        """The answer of a broker request, or None when it fails or takes longer than
+        BROKER_TIMEOUT; a request still pending from an earlier tick is waited for, not repeated
+        (while the broker is away they would pile up on faust's consumer thread)."""
+        pending = self._asking.get(what)
+        if pending is None or pending.done():
+            pending = self._asking[what] = asyncio.ensure_future(request())
+            # Its failure may come after we stopped waiting: retrieve it, nothing more.
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), BROKER_TIMEOUT)
+        except Exception as exc:
+            log.debug("%s offsets not available: %r", what, exc)
+            return None
 
     async def observe(self) -> list[PartitionProgress]:
         """Read the offsets, update the watch, the lag and stall series; returns the progress."""
@@ -89,11 +106,10 @@ class InputProgress:
             consumer, "_committed_offset", defaultdict(lambda: None)
         )
         done = {tp: committed.get(tp) for tp in tps}
-        try:
-            ends = await asyncio.wait_for(consumer.highwaters(*tps), BROKER_TIMEOUT)
+        ends = await self._ask("ends", lambda: consumer.highwaters(*tps))
+        if ends is not None:
             self._ends.update({tp: int(v) for tp, v in ends.items() if v is not None})
-        except Exception as exc:  # the broker is away: /health says so on its own
-            log.debug("end offsets not available: %r", exc)
+        else:  # the broker is away (/health says so on its own), or slow: the fetcher's view
             for tp in tps:
                 try:
                     cached = consumer.highwater(tp)
@@ -101,17 +117,14 @@ class InputProgress:
                     continue
                 if cached is not None:
                     self._ends[tp] = max(int(cached), self._ends.get(tp, 0))
-        starts: Mapping[Any, int] = {}
-        fresh = [tp for tp in tps if not done[tp]]
+        fresh = [tp for tp in tps if not done[tp] and tp not in self._starts]
         if fresh:
-            try:
-                starts = await asyncio.wait_for(consumer.earliest_offsets(*fresh), BROKER_TIMEOUT)
-            except Exception as exc:
-                log.debug("earliest offsets not available: %r", exc)
+            starts = await self._ask("starts", lambda: consumer.earliest_offsets(*fresh))
+            self._starts.update({tp: int(v) for tp, v in (starts or {}).items() if v is not None})
         return {
             (tp.topic, tp.partition): PartitionOffsets(
                 done=done[tp] or None,
-                start=int(starts.get(tp) or 0),
+                start=self._starts.get(tp, 0),
                 end=self._ends.get(tp),
             )
             for tp in tps

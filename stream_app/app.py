@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
 import faust.types.auth
@@ -50,12 +52,31 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
     return ctx
 
 
-def build_app(settings: Settings) -> faust.App:
+class App(faust.App):
+    """faust's App, with one hook into its stop: `before_stop_drain` runs when the worker stops,
+    after the fetcher stopped and before faust waits for every delivered message to be acked.
+
+    faust waits for those acks without a time limit (`Consumer.wait_empty`). The intake acks
+    late, at its checkpoints, and a stuck batch step never acks: the hook runs the last
+    checkpoint (bounded in time) and tells the consumer to stop waiting for the rest, which is
+    not committed and is read again by the partitions' next owner.
+    """
+
+    before_stop_drain: Callable[[], Awaitable[None]] | None = None
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        # Also called at each rebalance, where the checkpoint timer still runs: stop only.
+        if self.should_stop and self.before_stop_drain is not None:
+            await self.before_stop_drain()
+        await super()._consumer_wait_empty(consumer, logger)
+
+
+def build_app(settings: Settings) -> App:
     """The faust App for `settings` (bootstrap servers must be resolved already)."""
     if not settings.kafka_bootstrap_servers:
         raise ValueError("kafka_bootstrap_servers is not set")
     brokers = [f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap_servers.split(",")]
-    return faust.App(
+    return App(
         settings.app_id,
         broker=brokers,
         broker_credentials=faust_broker_credentials(settings),

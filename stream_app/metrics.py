@@ -162,6 +162,12 @@ class Metrics:
             "Messages written to the dead-letter topic.",
             registry=r,
         )
+        self.deadletter_truncated = Counter(
+            "valueloop_deadletter_truncated_total",
+            "Dead letters sent as a truncated copy (with the original's size and SHA-256) because"
+            " the original was too large to re-produce.",
+            registry=r,
+        )
         self.state_snapshots = Counter(
             "valueloop_state_snapshots_total",
             "Service snapshots written to the changelog-backed state table.",
@@ -328,7 +334,22 @@ class Metrics:
         # Worker health.
         self.consumer_lag = Gauge(
             "valueloop_consumer_lag_messages",
-            "Messages between the worker's position and the end of its input topics.",
+            "Messages of the worker's input partitions not processed yet (committed offset to"
+            " the end of the partition), by input topic role.",
+            ["topic"],
+            registry=r,
+        )
+        self.intake_stalled = Gauge(
+            "valueloop_intake_stalled",
+            "Input partitions, by input topic role, whose processing made no progress for"
+            " VALUELOOP_STALL_SECONDS while they had lag (/health answers 503 while any does).",
+            ["topic"],
+            registry=r,
+        )
+        self.intake_since_progress = Gauge(
+            "valueloop_intake_seconds_since_progress",
+            "Longest time, over the input partitions of a topic role that have lag, since their"
+            " committed offset last moved (0 when none has lag).",
             ["topic"],
             registry=r,
         )

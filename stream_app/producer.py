@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from stream_app.errors import DeliveryError, KafkaAccessError
 from stream_app.preflight import AUTH, TLS, Probe, check_kafka, classify, explain
@@ -77,6 +77,19 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[TopicResult
                     continue
                 raise DeliveryError(f"cannot create topic {name}: {exc}") from exc
     return results
+
+
+def topic_max_message_bytes(settings: Settings, topic: str, timeout: float = 10.0) -> int | None:
+    """The `max.message.bytes` of a topic (its own or the broker default), or None when the
+    cluster does not say (no such topic yet, no right to describe it, unreachable)."""
+    admin = AdminClient(dict(settings.kafka_client_config()))
+    try:
+        futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])
+        for fut in futures.values():
+            return int(fut.result(timeout=timeout)["max.message.bytes"].value)
+    except (KafkaException, KeyError, ValueError, TypeError):
+        return None
+    return None
 
 
 def input_roles() -> tuple[str, ...]:

@@ -91,6 +91,21 @@ class Settings(BaseSettings):
             " the others take them over."
         ),
     )
+    stall_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "An input partition whose processing makes no progress this long while it has lag"
+            " stalls: /health answers 503 and valueloop_intake_stalled shows it."
+        ),
+    )
+    test_stall_key: str | None = Field(
+        default=None,
+        description=(
+            "Test only, never in production: the intake's batch step blocks for good when a batch"
+            " holds an input message with this key (to test stall detection and shutdown)."
+        ),
+    )
     metrics_host: str = Field(
         default="127.0.0.1", description="Address the /metrics and /health server binds."
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
 import time
 from typing import Any
 
@@ -13,8 +16,9 @@ from faust.web import Request, Response, View
 from stream_app.agents.debug import broker_reachable, register_debug_pages
 from stream_app.agents.intake import Checkpoint, register_intake, rewind_uncommitted
 from stream_app.agents.otlp import register_otlp
+from stream_app.agents.progress import InputProgress
 from stream_app.agents.state import ServiceStateTable
-from stream_app.app import build_app
+from stream_app.app import App, build_app
 from stream_app.codec import Decoded
 from stream_app.core.catalog import load_catalog
 from stream_app.core.ledger import load_features
@@ -26,10 +30,14 @@ from stream_app.web import register_web
 
 log = logging.getLogger("valueloop.worker")
 
+PROGRESS_INTERVAL = 1.0  # seconds between two observations of the input offsets
+STOP_CHECKPOINT_SECONDS = 4.0  # the last checkpoint on SIGTERM; the whole stop stays under 10 s
+STOP_DEADLINE_SECONDS = 9.0  # after SIGTERM the process exits by then, whatever hangs
+
 
 def build_worker_app(
     settings: Settings, metrics: Metrics | None = None
-) -> tuple[faust.App, Metrics, Pipeline]:
+) -> tuple[App, Metrics, Pipeline]:
     """The faust App with valueloop's agents, state table and /metrics, /health, /live pages."""
     app = build_app(settings)
     metrics = metrics or Metrics(max_services=settings.max_services)
@@ -87,8 +95,13 @@ def build_worker_app(
                 metrics.watermark.labels(service).set(wm)
         metrics.observe_samples(pipeline.drain_observations())
         metrics.apply_samples(pipeline.report_samples())
-        for role, lag in consumer_lag(app, roles_by_topic).items():
-            metrics.consumer_lag.labels(role).set(lag)
+
+    # Lag and stalls on a timer of their own: a stuck batch step holds the checkpoint lock.
+    progress = InputProgress(app, metrics, roles_by_topic, settings.stall_seconds)
+
+    @app.timer(PROGRESS_INTERVAL)
+    async def watch_progress() -> None:
+        await progress.observe()
 
     @app.page("/metrics")  # type: ignore[arg-type]  # an aiohttp Response is what faust serves
     async def metrics_page(self: View, request: Request) -> web.Response:
@@ -99,8 +112,24 @@ def build_worker_app(
     async def health_page(self: View, request: Request) -> Response:
         assigned = metrics.ready._value.get() >= 1.0
         broker = broker_reachable(app)
-        ready = assigned and broker
-        body = {"ready": ready, "partitions_assigned": assigned, "broker_reachable": broker}
+        stuck = progress.stalled()
+        ready = assigned and broker and not stuck
+        body: dict[str, Any] = {
+            "ready": ready,
+            "partitions_assigned": assigned,
+            "broker_reachable": broker,
+            "stalled": [
+                {
+                    "topic": p.topic,
+                    "partition": p.partition,
+                    "lag": p.lag,
+                    "seconds_since_progress": round(p.since_progress, 1),
+                }
+                for p in stuck
+            ],
+        }
+        if not ready:
+            body["reason"] = health_reason(assigned, broker, len(stuck), settings.stall_seconds)
         return self.json(body, status=200 if ready else 503)
 
     @app.page("/live")
@@ -127,6 +156,24 @@ def build_worker_app(
         await app.producer.flush()  # the new owner recovers from the changelog
         state.forget(tp for tp in revoked if tp.topic in checkpointed)
 
+    async def drain_on_stop() -> None:
+        # The last checkpoint, bounded: a stuck batch step holds the lock for good.
+        try:
+            await asyncio.wait_for(checkpoint.run(app, state.flush), STOP_CHECKPOINT_SECONDS)
+        except TimeoutError:
+            log.warning(
+                "stopping: the last checkpoint did not finish in %g s (is an intake stuck?);"
+                " input not acked yet is read again by the next owner",
+                STOP_CHECKPOINT_SECONDS,
+            )
+        # Nothing delivered and not acked now will be: faust need not wait for it (it commits
+        # only acked offsets, so none of it counts as processed).
+        unacked = getattr(app.consumer, "_unacked_messages", None)
+        if unacked:
+            log.info("stopping: %d delivered messages left unacked", len(unacked))
+            unacked.clear()
+
+    app.before_stop_drain = drain_on_stop
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]  # mode's stub wants signal=
     app.on_rebalance_complete.connect(on_recovered)  # type: ignore[arg-type]  # same as above
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]  # same as above
@@ -134,19 +181,16 @@ def build_worker_app(
     return app, metrics, pipeline
 
 
-def consumer_lag(app: faust.App, roles_by_topic: dict[str, str]) -> dict[str, float]:
-    """Messages between the worker's read position and the end of its input partitions, by role."""
-    consumer: Any = app.consumer
-    read = getattr(consumer, "_read_offset", {})
-    lag: dict[str, float] = dict.fromkeys(roles_by_topic.values(), 0.0)
-    for tp in consumer.assignment():
-        role = roles_by_topic.get(tp.topic)
-        end = consumer.highwater(tp) if role is not None else None
-        if role is None or end is None:
-            continue
-        last = read.get(tp)
-        lag[role] += max(0, end - (last + 1 if last is not None else 0))
-    return lag
+def health_reason(assigned: bool, broker: bool, stalled: int, stall_seconds: float) -> str:
+    """Why /health answers 503, in one line."""
+    if not broker:
+        return "the Kafka broker is unreachable"
+    if not assigned:
+        return "no input partitions assigned yet"
+    return (
+        f"{stalled} input partition(s) made no progress for {stall_seconds:g} s while they had"
+        " lag (see valueloop_intake_stalled)"
+    )
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
@@ -156,5 +200,26 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     check_kafka(settings)
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     app, _, _ = build_worker_app(settings)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker = BoundedStopWorker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
+
+
+class BoundedStopWorker(faust.Worker):
+    """faust's Worker, whose stop (SIGTERM, SIGINT) ends the process within STOP_DEADLINE_SECONDS.
+
+    The stop itself is bounded (see `App.before_stop_drain`); this is the backstop for a part of
+    faust's stop that still hangs: the process exits (code 1, said in the log) at the deadline.
+    Exiting there is safe: offsets are committed only after the state and outputs they cover.
+    """
+
+    async def stop(self) -> None:
+        deadline = threading.Timer(STOP_DEADLINE_SECONDS, _exit_at_deadline)
+        deadline.daemon = True
+        deadline.start()
+        await super().stop()
+
+
+def _exit_at_deadline() -> None:
+    log.error("stopping took more than %g s: exiting now", STOP_DEADLINE_SECONDS)
+    logging.shutdown()
+    os._exit(1)

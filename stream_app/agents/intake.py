@@ -17,6 +17,7 @@ from typing import Any
 import faust
 
 from stream_app.codec import Decoded, Rejected, Role, decode, encode_verdict
+from stream_app.deadletter import fit, limit_for
 from stream_app.events.ledger import encode_ledger
 from stream_app.metrics import Metrics
 from stream_app.pipeline import Step
@@ -30,6 +31,8 @@ Send = tuple[Any, bytes | None, bytes, Any]  # (topic, key, value, headers)
 log = logging.getLogger(__name__)
 
 DETAIL_LIMIT = 1000
+DEADLETTER_PRODUCER_MAX = 1_000_000  # librdkafka's default message.max.bytes
+FIRST_OWN = "valueloop.source.topic"  # deadletter_headers appends ours after the original's
 BATCH_MAX = 2000  # events per batch
 BATCH_WITHIN = 0.05  # seconds to wait for a batch to fill
 # Agents and the input roles each consumes. Deployments and telemetry share one agent (and so one
@@ -72,16 +75,45 @@ class DeadLetters:
     worker's throughput by a third. librdkafka queues a message in a few microseconds. Messages
     never time out (message.timeout.ms = 0): while the broker is away they wait in the queue, and
     the input they came from stays unacked until `deliver` sees them delivered.
+
+    A message too large to re-produce (the broker accepted it compressed, or on a topic with a
+    raised `max.message.bytes`) is sent as a truncated copy with its size and digest
+    (stream_app/deadletter.py): a dead letter never fails for its size.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        from stream_app.producer import Sender  # confluent-kafka is only needed by a worker
+    def __init__(
+        self, settings: Settings, on_truncated: Callable[[], object] = lambda: None
+    ) -> None:
+        # confluent-kafka is only needed by a worker
+        from stream_app.producer import Sender, topic_max_message_bytes
 
         self.topic = settings.topic_deadletter
-        self.sender = Sender(settings, **{"message.timeout.ms": 0, "linger.ms": 5})
+        topic_max = topic_max_message_bytes(settings, self.topic)
+        self.limit = limit_for(DEADLETTER_PRODUCER_MAX, topic_max)
+        self.sender = Sender(
+            settings,
+            **{
+                "message.timeout.ms": 0,
+                "linger.ms": 5,
+                # A batch of several dead letters must fit the topic as one message does.
+                "message.max.bytes": DEADLETTER_PRODUCER_MAX,
+                "batch.size": max(self.limit, 1),
+            },
+        )
+        self.on_truncated = on_truncated
 
     def send(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        self.sender.send(self.topic, value, key, list(headers))  # list: the type is invariant
+        """Queue a dead letter: the original (`headers` ending with valueloop's own), or a
+        truncated copy when it is too large to send (see `fit`)."""
+        names = [k for k, _ in headers]
+        split = len(names) - names[::-1].index(FIRST_OWN) - 1 if FIRST_OWN in names else len(names)
+        original, ours = headers[:split], headers[split:]
+        letter = fit(key, value, original, ours, self.limit)
+        if letter.truncated:
+            self.on_truncated()
+        self.sender.send(
+            self.topic, letter.value, letter.key, list(letter.headers)
+        )  # invariant type
 
     async def deliver(self, timeout: float = 5.0) -> bool:
         """Whether every dead letter queued so far is in Kafka (waits up to `timeout`)."""
@@ -194,7 +226,8 @@ def register_intake(
 ) -> None:
     """Register the input agents: decode -> core (`handle`) -> emit verdicts / dead letters."""
     names = settings.topic_names()
-    deadletters = checkpoint.deadletters = DeadLetters(settings)
+    deadletters = DeadLetters(settings, on_truncated=metrics.deadletter_truncated.inc)
+    checkpoint.deadletters = deadletters
     deadletter_topic = app.topic(settings.topic_deadletter, partitions=settings.topic_partitions)
 
     @app.task
@@ -222,12 +255,16 @@ def register_intake(
         untrack=untrack,
     )
 
+    stall_key = settings.test_stall_key.encode() if settings.test_stall_key else None
+
     async def process(stream: faust.StreamT[Any]) -> None:
         # noack_take is faust's take() without the ack: its stub in StreamT is missing.
         batches = stream.noack_take(BATCH_MAX, within=BATCH_WITHIN)  # type: ignore[attr-defined]
         async for batch in batches:
             events = list(batch)
             async with checkpoint.lock:
+                if stall_key is not None and any(e.message.key == stall_key for e in events):
+                    await stall_for_tests(events)
                 assigned = app.consumer.assignment()
                 sends, done = run_batch(events, assigned, app.consumer_generation_id)
                 for topic, key, value, headers in sends:
@@ -240,6 +277,13 @@ def register_intake(
     for agent_name, roles in AGENT_ROLES:
         source = app.topic(*(names[r] for r in roles), partitions=settings.topic_partitions)
         app.agent(source, name=agent_name)(process)
+
+
+async def stall_for_tests(events: list[Any]) -> None:
+    """Block the batch step for good (VALUELOOP_TEST_STALL_KEY, tests only): an intake stuck on
+    an await, holding the checkpoint lock, as a hung send or a bug would leave it."""
+    log.warning("test hook: the batch step blocks for good (%d events)", len(events))
+    await asyncio.Event().wait()
 
 
 async def rewind_uncommitted(app: faust.App, topics: set[str]) -> int:

@@ -99,6 +99,7 @@ def test_every_alert_has_a_summary_description_and_runbook() -> None:
         "WorkerConsumerLagHigh",
         "DeadLetterRateHigh",
         "WorkerNotReady",
+        "WorkerIntakeStalled",
     } <= set(alerts)
     for name, rule in alerts.items():
         ann = rule.get("annotations", {})

@@ -25,23 +25,23 @@ registered once per id (a repeated id is a ``duplicate``); one of a service no K
 ``out-of-scope`` and ignored; one older than the retained history by more than the confounding
 reach is ``too-old``. A release of a service without samples yet is accepted: when the watermark
 passes its post window it is judged ``inconclusive`` with reason ``no-data`` (releases move the
-watermark too). Two releases of one service closer than a KPI's max(baseline, post) are
+watermark too). Two releases of one service closer than a KPI's `overlap` are
 ``confounded`` on that KPI, both naming each other; when the second arrives after the first's final
 verdict, a revision of that verdict is emitted. A release scoped to a label value
 (``{"region": "eu"}``: the first configured scope label it names) is judged on that scope's
 buckets, with its own seasonal reference when one is clean, else with the rest of the traffic as a
 concurrent control when the rest holds enough data.
 
-Seasonal references
--------------------
-A reference stands for "the same hours, without this release": the week-ago windows when they hold
-data (a Monday-morning rise is only explained by last Monday), else every earlier day within the
-retained week whose windows hold data, pooled bucket by bucket (more days, less reference noise).
-A candidate whose windows contain another release of the service is skipped: its step would be
-read, with the opposite sign, as this release's effect (with a release every few hours that
-happened to most day-ago references). So is one reaching back before the stream's first sample:
-missing history is not zero traffic. The rest of the traffic comes after the scope's own history
-because it need not share the shape of the day: another region's morning ramp comes hours apart.
+Looks and references
+--------------------
+A release is looked at on a fixed schedule (stream_app.core.sequential.look_schedule) from the
+KPI's minimum post window until its verdict is decisive, the maximum horizon passes or the next
+release of the service starts; the windows that no later look changes (baseline, references) are
+read once. The baseline is the longest stretch before the release that no earlier release and no
+missing history touches. References are the same hours a week earlier and on earlier days of the
+same kind (Monday, Tuesday-Friday, Saturday, Sunday); a reference day's own release cuts its
+baseline before and its post window after that release, so no other release's step is read. See
+stream_app.core.judge for how the judge pools them.
 """
 
 from __future__ import annotations

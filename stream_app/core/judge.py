@@ -26,12 +26,15 @@ a Poisson count with its expected value, not as a -100 % change with certainty.
 Counterfactual. The baseline is the longest stretch before the release that no earlier release
 touches (up to the KPI's ``baseline``), so it adds as little noise as the post window itself. The
 seasonal factor comes from the same windows one week earlier (the weekday's own shape: a Monday
-surge), pooled by inverse variance with every earlier day of the retained week whose factor agrees
-with it within noise (a day whose windows straddle a different step — midnight Sunday->Monday, a
-weekend — disagrees and is left out). Without a week of history the earlier days are pooled the
-same way, each checked against the others. A reference holding another release of the service is
-never used. For a scoped release (region, canary version) without a seasonal reference of its own,
-the rest of the traffic over the same windows is the control. The verdict names the reference.
+surge, the Sunday->Monday step), pooled by inverse variance with every earlier day of the same
+kind (the engine offers only those) whose factor agrees with it within noise; without the week-ago
+windows the median day anchors the pool. A reference day's own release is never read: the engine
+uses that day's baseline only after it and its post window only before it. Days of another kind
+serve only as a last resort, over short windows, with their whole spread as the reference's
+uncertainty. For a scoped release (region, canary version) without a seasonal reference of its
+own, the rest of the traffic over the same windows is the control. The verdict names the
+reference. A bucket missing on either side (an outage today or on a reference day) is left out on
+both, so the shape of the day weighs the same on both sides of the difference.
 
 Sequential looks. The release is looked at every few minutes from its minimum post window until a
 verdict is decisive, the KPI's maximum horizon passes, or the next release of the service starts.

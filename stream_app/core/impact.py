@@ -24,10 +24,10 @@ A release (deploy, upgrade, rollback or flag change) of a service some KPI appli
 registered once per id (a repeated id is a ``duplicate``); one of a service no KPI applies to is
 ``out-of-scope`` and ignored; one older than the retained history by more than the confounding
 reach is ``too-old``. A release of a service without samples yet is accepted: when the watermark
-passes its post window it is judged ``inconclusive`` with reason ``no-data`` (releases move the
-watermark too). Two releases of one service closer than a KPI's `overlap` are
+passes its horizon it is judged ``inconclusive`` with reason ``no-data`` (releases do not move the
+watermark: until samples of the service arrive it stays pending). Two releases of one service closer than a KPI's `overlap` are
 ``confounded`` on that KPI, both naming each other; when the second arrives after the first's final
-verdict, a revision of that verdict is emitted. A release scoped to a label value
+verdict (or falls inside the windows that verdict read), a revision of that verdict is emitted. A release scoped to a label value
 (``{"region": "eu"}``: the first configured scope label it names) is judged on that scope's
 buckets, with its own seasonal reference when one is clean, else with the rest of the traffic as a
 concurrent control when the rest holds enough data.

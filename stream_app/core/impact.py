@@ -25,9 +25,11 @@ registered once per id (a repeated id is a ``duplicate``); one of a service no K
 ``out-of-scope`` and ignored; one older than the retained history by more than the confounding
 reach is ``too-old``. A release of a service without samples yet is accepted: when the watermark
 passes its horizon it is judged ``inconclusive`` with reason ``no-data`` (releases do not move the
-watermark: until samples of the service arrive it stays pending). Two releases of one service closer than a KPI's `overlap` are
-``confounded`` on that KPI, both naming each other; when the second arrives after the first's final
-verdict (or falls inside the windows that verdict read), a revision of that verdict is emitted. A release scoped to a label value
+watermark: until samples of the service arrive it stays pending). Two releases of one service
+closer than a KPI's `overlap` are ``confounded`` on that KPI, both naming each other; a decision
+is final only from the look past `overlap` on (interim before), so a confounding release read
+late changes no final verdict; one arriving later still revises it. A release scoped to a label
+value
 (``{"region": "eu"}``: the first configured scope label it names) is judged on that scope's
 buckets, with its own seasonal reference when one is clean, else with the rest of the traffic as a
 concurrent control when the rest holds enough data.
@@ -768,7 +770,12 @@ class ImpactEngine:
                     j = dataclasses.replace(j, reason=j.reason + fixed.note)
             if others:
                 j = _confound(j, others)
-            final = kpi_look.last or j.verdict in ("improved", "degraded", "neutral", "confounded")
+            # A decision before the overlap reach has passed is interim: a release within reach
+            # may still come (in any order across the input topics) and confound it; at the look
+            # past the reach it is final, so the final verdict never depends on that order.
+            decided = j.verdict in ("improved", "degraded", "neutral") or kpi_look.last
+            settled = elapsed >= spec.overlap_seconds
+            final = look.last or j.verdict == "confounded" or (decided and settled)
             if not final:
                 last = rs.interim.get(spec.name)
                 if last is not None and last[0] == j.verdict:

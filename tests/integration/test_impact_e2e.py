@@ -29,7 +29,8 @@ def e2e_scenario(seed: int = 3) -> simulate.Scenario:
     return simulate.Scenario(
         seed=seed,
         start=START,
-        duration_seconds=day + 12 * 3600 - START,
+        # Until the releases' 4 h horizon has closed (plus the allowed lateness).
+        duration_seconds=day + 14.5 * 3600 - START,
         services=(simulate.service_profile("checkout"), simulate.service_profile("search")),
         releases=(
             simulate.PlannedRelease(

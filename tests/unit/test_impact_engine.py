@@ -213,14 +213,17 @@ aggregation = "sum"
 )
 
 
-def test_a_decisive_verdict_is_final_at_the_first_look_that_shows_it() -> None:
+def test_a_decision_pages_at_once_and_is_final_past_the_overlap_reach() -> None:
     t = T0 + HOUR
     events = with_release(traffic(T0, T0 + 3 * HOUR, drop_at=t), release("r1", t))
     out = run(engine(LOOKS, interim=5), events)
     orders = [r for r in out if r.kpi == "orders"]
-    # The stub calls the drop at the first look (5 minutes): final there, nothing interim.
+    # The stub calls the drop at the first look (5 minutes): an interim `degraded` at once (it
+    # pages), final at the first look past the overlap reach (30 min), when no release within
+    # reach can still confound it.
     assert [(r.phase, r.judgement.verdict, r.post_window) for r in orders] == [
-        ("final", "degraded", (t, t + 300))
+        ("interim", "degraded", (t, t + 300)),
+        ("final", "degraded", (t, t + 1800)),
     ]
 
 

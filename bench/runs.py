@@ -279,16 +279,18 @@ def scale(
 def verdict_latency(
     bootstrap: str, workdir: Path, releases: int, timeout: float = 120.0
 ) -> dict[str, Any]:
-    """Seconds from the sample that moves a watermark past a post window to its final verdicts.
+    """Seconds from the sample that moves a watermark past a look to the verdicts it finalizes.
 
-    Per release (one service each): two hours of samples around it are in the topics and
-    processed; then the one sample whose event time puts the watermark at the post window's end is
-    produced, and the clock runs until every final verdict of the release is on the impact topic.
+    Per release (one service each): the samples before it and up to its settling look (the first
+    past the overlap reach: there, with no history to take a reference from, every KPI's verdict
+    is final) are in the topics and processed; then the one sample whose event time puts the
+    watermark at that look is produced, and the clock runs until every final verdict of the
+    release is on the impact topic.
     """
     catalog = load_catalog()
     kpis = len(catalog.kpis)
     lateness = max(catalog.allowed_lateness_seconds(f"lat-{i:03d}") for i in range(releases))
-    post = max(k.post_seconds for k in catalog.kpis)
+    post = max(k.overlap_seconds for k in catalog.kpis)
     base = max(k.baseline_seconds for k in catalog.kpis)
     prefix = f"bench-lat-{uuid.uuid4().hex[:8]}"
     partitions = 4

@@ -256,18 +256,12 @@ def register_intake(
     )
 
     stall_key = settings.test_stall_key.encode() if settings.test_stall_key else None
-    release_topic = names["deployments"]
 
     async def process(stream: faust.StreamT[Any]) -> None:
         # noack_take is faust's take() without the ack: its stub in StreamT is missing.
         batches = stream.noack_take(BATCH_MAX, within=BATCH_WITHIN)  # type: ignore[attr-defined]
         async for batch in batches:
-            # Releases first: they do not move the watermark, so knowing one earlier never
-            # changes a verdict, while one applied after the samples that pass its time would be
-            # read by another release's looks first (and revise that verdict later). Kafka gives
-            # no order across topics; this gives each batch the order replay has. (Stable: each
-            # partition keeps its own order.)
-            events = sorted(batch, key=lambda e: e.message.topic != release_topic)
+            events = list(batch)
             async with checkpoint.lock:
                 if stall_key is not None and any(e.message.key == stall_key for e in events):
                     await stall_for_tests(events)

@@ -537,11 +537,16 @@ class ImpactEngine:
                 nxt = t
         return prev, nxt
 
-    def _look(self, st: _ServiceState, rs: _ReleaseState, k: int) -> tuple[float, Look, float]:
-        """(elapsed seconds, Look, due watermark) of look `k` of the release.
+    def _look(
+        self, st: _ServiceState, rs: _ReleaseState, k: int
+    ) -> tuple[float, Look, float, float, bool]:
+        """(elapsed seconds, Look, due watermark, scheduled seconds, schedule end) of look `k`.
 
         The horizon ends at the schedule's last look or at the service's next release, whichever
-        comes first; the look there is the last (its boundary is the next scheduled one's).
+        comes first; the looks from there on read the window up to it (`Look.last`). A look is
+        due when the watermark passes its *scheduled* time, even when its window was cut shorter:
+        by then every release that could cut or confound it has been read, in whatever order
+        the input topics were read.
         """
         looks, zs = self._schedule(st)
         r = rs.release
@@ -549,20 +554,20 @@ class ImpactEngine:
         cut = looks[-1] if nxt is None else min(looks[-1], max(nxt - r.time, 0.0))
         k = min(k, len(looks) - 1)
         elapsed = min(looks[k], cut)
-        last = k == len(looks) - 1 or looks[k] >= cut
-        look = Look(zs[k], last, elapsed / looks[-1])
-        due = max(plan_windows(spec, r.time, elapsed).post_due() for spec in st.specs)
-        return elapsed, look, due
+        end = k == len(looks) - 1
+        look = Look(zs[k], end or looks[k] >= cut, elapsed / looks[-1])
+        due = max(plan_windows(spec, r.time, looks[k]).post_due() for spec in st.specs)
+        return elapsed, look, due, looks[k], end
 
     def _next_due(self, st: _ServiceState, rs: _ReleaseState) -> float:
         return self._look(st, rs, rs.next_look)[2]
 
     def _step(self, st: _ServiceState, rs: _ReleaseState) -> list[VerdictRecord]:
-        """Take the release's next look; the last one finalizes every KPI still open."""
-        elapsed, look, due = self._look(st, rs, rs.next_look)
+        """Take the release's next look; the schedule's last one finalizes every KPI still open."""
+        elapsed, look, due, scheduled, end = self._look(st, rs, rs.next_look)
         rs.next_look += 1
-        out = self._judge_release(st, rs, elapsed, look, due)
-        if look.last or len(rs.final) == len(st.specs):
+        out = self._judge_release(st, rs, elapsed, look, due, scheduled, end)
+        if end or len(rs.final) == len(st.specs):
             rs.finalized = True
             self._drop_fixed(rs.release.service, rs.release.id)
         return out
@@ -713,7 +718,14 @@ class ImpactEngine:
         return max((f for f in firsts if f is not None), default=-math.inf)
 
     def _judge_release(
-        self, st: _ServiceState, rs: _ReleaseState, elapsed: float, look: Look, due: float
+        self,
+        st: _ServiceState,
+        rs: _ReleaseState,
+        elapsed: float,
+        look: Look,
+        due: float,
+        scheduled: float,
+        end: bool,
     ) -> list[VerdictRecord]:
         r = rs.release
         # History older than this horizon reads as empty, whenever eviction actually ran.
@@ -755,6 +767,19 @@ class ImpactEngine:
                 j = _no_data(spec)
             else:
                 cut, refs = _usable_references(fixed, n_post, spec, fallback)
+                # The concurrent control's post window is live data: read it at every look (the
+                # cached one was read when the look's buckets were still to come).
+                refs = [
+                    dataclasses.replace(
+                        ref,
+                        post=self._window(
+                            st, spec, plan.post_first, plan.post_stop, "", scope, horizon
+                        )[0],
+                    )
+                    if ref.label == "control"
+                    else ref
+                    for ref in refs
+                ]
                 base = _tail(fixed.base, cut)
                 n_base = sum(1 for d in base.den if d > 0)
                 refs = [ref for ref in refs if _covers(ref.base, n_base) and _covers(ref.post, np_)]
@@ -773,9 +798,9 @@ class ImpactEngine:
             # A decision before the overlap reach has passed is interim: a release within reach
             # may still come (in any order across the input topics) and confound it; at the look
             # past the reach it is final, so the final verdict never depends on that order.
-            decided = j.verdict in ("improved", "degraded", "neutral") or kpi_look.last
-            settled = elapsed >= spec.overlap_seconds
-            final = look.last or j.verdict == "confounded" or (decided and settled)
+            decided = j.verdict in ("improved", "degraded", "neutral", "confounded")
+            settled = scheduled >= spec.overlap_seconds
+            final = end or ((decided or kpi_look.last) and settled)
             if not final:
                 last = rs.interim.get(spec.name)
                 if last is not None and last[0] == j.verdict:
@@ -829,6 +854,7 @@ class ImpactEngine:
         """Drop the service's in-memory state (another worker owns it now)."""
         self._states.pop(service, None)
         self._dirty.discard(service)
+        self._drop_fixed(service)
 
     def snapshot(self, service: str) -> bytes:
         """The service's whole state (buckets, watermark, releases, emitted revisions) as bytes.
@@ -866,6 +892,7 @@ class ImpactEngine:
         if meta.get("v") != 1 or meta.get("service") != service:
             raise ValueError(f"snapshot is not of service {service!r} (format v1)")
         self._states.pop(service, None)
+        self._drop_fixed(service)  # derived from the state being replaced
         st = self._state(service)
         if st is None:
             raise ValueError(f"no KPI of the catalog applies to service {service!r}")

@@ -71,7 +71,7 @@ def test_one_two_three_workers_agree_and_a_killed_workers_partitions_move(
                 w.wait_ready()
         # The first half everywhere; then one of three workers dies with state in its partitions.
         three = groups["three"][1]
-        wait_done(kafka_bootstrap, f"{prefix}-three", parts, three, timeout=150)
+        wait_done(kafka_bootstrap, f"{prefix}-three", parts, three, timeout=300)
         owned = {w.name: sorted(w.totals()) for w in three}
         victim = max(three, key=lambda w: len(owned[w.name]))
         assert owned[victim.name], owned
@@ -83,7 +83,7 @@ def test_one_two_three_workers_agree_and_a_killed_workers_partitions_move(
         results = {}
         for name, (settings, workers) in groups.items():
             live = [w for w in workers if w.alive()]
-            wait_done(kafka_bootstrap, settings.app_id, parts, live, timeout=150)
+            wait_done(kafka_bootstrap, settings.app_id, parts, live, timeout=300)
             totals, both = merge_totals(w.totals() for w in live)
             results[name] = (
                 totals,

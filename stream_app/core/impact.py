@@ -737,7 +737,12 @@ class ImpactEngine:
                 continue
             fixed = self._fixed_windows(st, rs, spec, horizon)
             kpi_look = look
-            fallback = spec.seasonality != "none" and not any(x[0] != OTHER_DAY for x in fixed.refs)
+            # No earlier day of the same kind: days of other kinds, or the rest of the traffic
+            # (another region lives in another time zone), share the shape of the day only over
+            # short windows.
+            fallback = spec.seasonality != "none" and not any(
+                x[0] not in _SHORT_REFERENCES for x in fixed.refs
+            )
             if fallback and elapsed >= FALLBACK_SECONDS:
                 elapsed = max(FALLBACK_SECONDS, min(spec.post_seconds, elapsed))
                 kpi_look = dataclasses.replace(look, last=True)
@@ -1072,6 +1077,7 @@ MIN_REFERENCE_BASE_SECONDS = 3600.0
 # Days of another kind (a reference of last resort) serve over windows this short.
 FALLBACK_SECONDS = 3600.0
 OTHER_DAY = "other-day"
+_SHORT_REFERENCES = (OTHER_DAY, "control")
 
 
 def _usable_references(
@@ -1088,7 +1094,7 @@ def _usable_references(
     """
     n_base = len(fixed.base.num)
     least = _least_base(n_base, spec)
-    pool = [x for x in fixed.refs if (x[0] == OTHER_DAY) == fallback]
+    pool = [x for x in fixed.refs if fallback or x[0] != OTHER_DAY]
     floor = max(0, n_base - least) if fallback else 0
     ok = [x for x in pool if x[5] >= n_post and n_base - max(x[4], floor) >= least]
     if not ok:
@@ -1120,7 +1126,7 @@ def _reference_reach(fixed: _Fixed, spec: KpiSpec, fallback: bool = False) -> fl
     clean = [
         x[5]
         for x in fixed.refs
-        if (x[0] == OTHER_DAY) == fallback and n_base - max(x[4], floor) >= least
+        if (fallback or x[0] != OTHER_DAY) and n_base - max(x[4], floor) >= least
     ]
     if not clean:
         return None

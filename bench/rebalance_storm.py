@@ -83,9 +83,17 @@ def run_storm(
     t0 = time.monotonic()
     try:
         workers["a"].start().wait_ready()
-        for action, name in PLAN:
-            time.sleep(step_seconds)
-            done, total, _ = group_progress(bootstrap, prefix, parts)
+        for i, (action, name) in enumerate(PLAN):
+            # The next step comes after `step_seconds`, or earlier once the group has committed
+            # its share of the stream (a fast machine must not finish the stream before the
+            # storm): step i at i+1 of len(PLAN)+1 equal parts.
+            deadline = time.monotonic() + step_seconds
+            while True:
+                done, total, _ = group_progress(bootstrap, prefix, parts)
+                share = (i + 1) / (len(PLAN) + 1)
+                if time.monotonic() >= deadline or done >= total or done >= share * total:
+                    break
+                time.sleep(0.2)
             if done >= total:
                 log(f"storm: the stream ended before step {action} {name}")
                 break

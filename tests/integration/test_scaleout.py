@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import orjson
+import pytest
 
 from bench._recovery_harness import (
     RecordingPipeline,
@@ -38,6 +39,7 @@ from stream_app.settings import Settings
 PARTITIONS = 6
 
 
+@pytest.mark.timeout(900)
 def test_one_two_three_workers_agree_and_a_killed_workers_partitions_move(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:

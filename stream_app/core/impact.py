@@ -52,7 +52,7 @@ import dataclasses
 import math
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -60,6 +60,7 @@ import orjson
 from stream_app.core.buckets import CHUNK, SampleOutcome, ServiceBuckets, layouts_for, scope_key
 from stream_app.core.catalog import DAY_SECONDS, Catalog
 from stream_app.core.judge import DEFAULT_ALPHA, Look, Reference
+from stream_app.core.profile import level_adjust
 from stream_app.core.sequential import schedule_boundaries
 from stream_app.core.types import (
     KpiJudgement,
@@ -700,6 +701,7 @@ class ImpactEngine:
                 else:
                     clean = min(clean, max(0, math.floor((tau - pref.start) / plan.width + 1e-9)))
             refs.append((name, days, bref, pref, cut, clean))
+        refs = _level_adjusted(st, r, plan, full, refs)
         if scope:
             bref, _ = self._window(st, spec, plan.base_first, plan.base_stop, "", scope, horizon)
             pref, _ = self._window(st, spec, full.post_first, full.post_stop, "", scope, horizon)
@@ -1039,6 +1041,85 @@ class _Fixed:
     note: str
 
 
+def _level_adjusted(
+    st: _ServiceState,
+    r: Release,
+    plan: _Plan,
+    full: _Plan,
+    refs: list[tuple[str, int, WindowData, WindowData, int, int]],
+) -> list[tuple[str, int, WindowData, WindowData, int, int]]:
+    """Reference days whose own releases are taken out (stream_app.core.profile), so they serve
+    over the whole span instead of up to their first release.
+
+    All the days share one fit of the shape of the hours, robust to a day of another shape.
+    """
+    w = plan.width
+    off = plan.post_first - plan.base_first
+    span = full.post_stop - plan.base_first
+    out = list(refs)
+    # Midnights inside the span: the level of the day may step there (weekday levels), so a
+    # segment starts there on every day and its step is kept.
+    lo0 = plan.base_first * w
+    breaks = [
+        math.ceil((day * DAY_SECONDS - lo0) / w - 1e-9)
+        for day in range(math.ceil(lo0 / DAY_SECONDS), math.ceil((lo0 + span * w) / DAY_SECONDS))
+    ]
+    for group in ([i for i, x in enumerate(refs) if x[0] != OTHER_DAY],):
+        if len(group) < MIN_SHAPE_DAYS:
+            continue  # the shape of the hours cannot be told apart from a day's own steps
+        nums, dens, splits = [], [], []
+        for i in group:
+            _, days, bref, pref, _, _ = refs[i]
+            lo = bref.start
+            num = [0.0] * span
+            den = [0.0] * span
+            num[: len(bref.num)] = bref.num
+            den[: len(bref.den)] = bref.den
+            num[off : off + len(pref.num)] = pref.num
+            den[off : off + len(pref.den)] = pref.den
+            cuts = [
+                math.floor((o.release.time - lo) / w)
+                for o in st.releases.values()
+                if o.release is not r and lo <= o.release.time < lo + span * w
+            ]
+            nums.append(num)
+            dens.append(den)
+            splits.append(cuts)
+        if not any(splits):
+            continue
+        adj_n, adj_d = level_adjust(nums, dens, splits, off, breaks)
+        nb = plan.base_stop - plan.base_first
+        for j, i in enumerate(group):
+            if not splits[j]:
+                continue
+            name, days, bref, pref, _, _ = refs[i]
+            an, ad = adj_n[j], adj_d[j]
+            np_ = len(pref.num)
+            out[i] = (
+                name,
+                days,
+                _replaced(bref, an[:nb], ad[:nb]),
+                _replaced(pref, an[off : off + np_], ad[off : off + np_]),
+                0,
+                np_,
+            )
+    return out
+
+
+def _replaced(win: WindowData, num: Iterable[float], den: Iterable[float]) -> WindowData:
+    """`win` with new bucket values (buckets left out: counts 0 too)."""
+    dens = tuple(float(x) for x in den)
+    counts = tuple(c if d > 0 else 0.0 for c, d in zip(win.counts, dens, strict=False))
+    return WindowData(
+        win.start,
+        win.end,
+        tuple(float(x) for x in num),
+        dens,
+        math.fsum(counts) if counts else win.samples,
+        counts,
+    )
+
+
 def _head(w: WindowData, n: int) -> WindowData:
     """The first `n` buckets of a window."""
     if n >= len(w.num):
@@ -1077,6 +1158,9 @@ MIN_REFERENCE_BASE_SECONDS = 3600.0
 # Days of another kind (a reference of last resort) serve over windows this short.
 FALLBACK_SECONDS = 3600.0
 OTHER_DAY = "other-day"
+# Days of the judged day's kind needed to take reference days' own releases out (see
+# `_level_adjusted`); with fewer, a reference day serves up to its first release.
+MIN_SHAPE_DAYS = 2
 _SHORT_REFERENCES = (OTHER_DAY, "control")
 
 

@@ -459,17 +459,39 @@ def final_of(events: list[KpiSample | Release], rid: str = "r") -> VerdictRecord
     return finals(run(eng, events) + eng.close_input())[(rid, "orders")]
 
 
-def test_a_reference_day_holding_a_release_is_used_only_where_that_release_is_not() -> None:
+def test_a_reference_day_holding_a_release_serves_with_its_step_taken_out() -> None:
     t = T_SEASONAL
-    # A release 10 minutes into yesterday's post window: its step would read as this release's.
-    # (t is a Wednesday: Tuesday, Friday and Thursday are days of the same kind.)
-    yesterday = release("y", t - 86400 + 600)
-    rec = final_of(with_release(orders_around(t, 1, 5, 6), release("r", t), yesterday))
-    assert rec.judgement.method == "stub(daily:5, daily:6)"
-    # In yesterday's baseline instead: the baseline after it would be shorter than an hour.
-    early = release("y", t - 86400 - 600)
-    rec = final_of(with_release(orders_around(t, 1, 5, 6), release("r", t), early))
-    assert rec.judgement.method == "stub(daily:5, daily:6)"
+    # A release 10 minutes into yesterday's post window lifted yesterday's orders by half: read
+    # as it is, its step would pass for this release's. With two other days of the same kind to
+    # tell the shape of the hours (t is a Wednesday: Tuesday, Friday and Thursday are), the step
+    # is taken out and yesterday serves over the whole window, at one level.
+    y_time = t - 86400 + 600
+    seen: list[Reference] = []
+
+    def capture(spec: KpiSpec, base: WindowData, post: WindowData, refs=(), **kw):  # type: ignore[no-untyped-def]
+        seen[:] = list(refs)
+        return stub_judge(spec, base, post, refs, **kw)
+
+    events = [
+        dataclasses.replace(s, value=7.5) if y_time < s.time < t - HOUR else s
+        for s in orders_around(t, 1, 5, 6)
+    ]
+    eng = ImpactEngine(SEASONAL, interim_every_buckets=0, judge=capture)
+    out = finals(
+        run(eng, with_release(events, release("r", t), release("y", y_time))) + eng.close_input()
+    )
+    assert out[("r", "orders")].judgement.method == "stub(daily:1, daily:5, daily:6)"
+    yday = next(r for r in seen if r.lag_days == 1)
+    values = [
+        n / d
+        for n, d in zip(yday.base.num + yday.post.num, yday.base.den + yday.post.den, strict=True)
+        if d > 0
+    ]
+    assert len(values) >= 50 and max(values) - min(values) < 1e-6
+    # Alone (no other day of its kind) yesterday serves only up to its release, short of the
+    # 30-minute post window here: no reference.
+    rec = final_of(with_release(orders_around(t, 1), release("r", t), release("y", y_time)))
+    assert rec.judgement.reason_code == "no-reference"
 
 
 def test_a_reference_out_of_line_with_the_others_is_left_out() -> None:

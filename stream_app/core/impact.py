@@ -60,7 +60,7 @@ import orjson
 from stream_app.core.buckets import CHUNK, SampleOutcome, ServiceBuckets, layouts_for, scope_key
 from stream_app.core.catalog import DAY_SECONDS, Catalog
 from stream_app.core.judge import DEFAULT_ALPHA, Look, Reference
-from stream_app.core.profile import level_adjust
+from stream_app.core.profile import AdjustedDay, level_adjust
 from stream_app.core.sequential import schedule_boundaries
 from stream_app.core.types import (
     KpiJudgement,
@@ -668,7 +668,7 @@ class ImpactEngine:
         full = plan_windows(spec, r.time, spec.max_horizon_seconds, after)
         scope = self._release_scope(r)
         base, nb = self._window(st, spec, plan.base_first, plan.base_stop, scope, None, horizon)
-        refs: list[tuple[str, int, WindowData, WindowData, int, int]] = []
+        refs: list[_Ref] = []
         for name, days in _SEASONS[spec.seasonality]:
             k = round(days * DAY_SECONDS / plan.width)
             lo, hi = (plan.base_first - k) * plan.width, (full.post_stop - k) * plan.width
@@ -700,12 +700,12 @@ class ImpactEngine:
                     cut = max(cut, math.ceil((tau - bref.start) / plan.width - 1e-9))
                 else:
                     clean = min(clean, max(0, math.floor((tau - pref.start) / plan.width + 1e-9)))
-            refs.append((name, days, bref, pref, cut, clean))
+            refs.append((name, days, bref, pref, cut, clean, None))
         refs = _level_adjusted(st, r, plan, full, refs)
         if scope:
             bref, _ = self._window(st, spec, plan.base_first, plan.base_stop, "", scope, horizon)
             pref, _ = self._window(st, spec, full.post_first, full.post_stop, "", scope, horizon)
-            refs.append(("control", 0, bref, pref, 0, len(pref.num)))
+            refs.append(("control", 0, bref, pref, 0, len(pref.num), None))
         got = _Fixed(plan.base_first, base, nb, tuple(refs), "")
         self._fixed[key] = got
         return got
@@ -1029,6 +1029,9 @@ class ImpactEngine:
         return []
 
 
+_Ref = tuple[str, int, WindowData, WindowData, int, int, tuple[AdjustedDay, int] | None]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Fixed:
     """A release's windows for one KPI that no later look changes."""
@@ -1036,8 +1039,9 @@ class _Fixed:
     base_first: int
     base: WindowData
     n_base: int  # baseline buckets with data
-    # (label, days, base, full post, baseline buckets to skip, post buckets before a release)
-    refs: tuple[tuple[str, int, WindowData, WindowData, int, int], ...]
+    # (label, days, base, full post, baseline buckets to skip, post buckets before a release,
+    # the day's adjustment and where its post starts in it, when its releases were taken out)
+    refs: tuple[_Ref, ...]
     note: str
 
 
@@ -1046,8 +1050,8 @@ def _level_adjusted(
     r: Release,
     plan: _Plan,
     full: _Plan,
-    refs: list[tuple[str, int, WindowData, WindowData, int, int]],
-) -> list[tuple[str, int, WindowData, WindowData, int, int]]:
+    refs: list[_Ref],
+) -> list[_Ref]:
     """Reference days whose own releases are taken out (stream_app.core.profile), so they serve
     over the whole span instead of up to their first release.
 
@@ -1069,7 +1073,7 @@ def _level_adjusted(
             continue  # the shape of the hours cannot be told apart from a day's own steps
         nums, dens, splits = [], [], []
         for i in group:
-            _, days, bref, pref, _, _ = refs[i]
+            _, days, bref, pref, _, _, _ = refs[i]
             lo = bref.start
             num = [0.0] * span
             den = [0.0] * span
@@ -1087,21 +1091,22 @@ def _level_adjusted(
             splits.append(cuts)
         if not any(splits):
             continue
-        adj_n, adj_d = level_adjust(nums, dens, splits, off, breaks)
+        adjusted = level_adjust(nums, dens, splits, off, breaks)
         nb = plan.base_stop - plan.base_first
         for j, i in enumerate(group):
             if not splits[j]:
                 continue
-            name, days, bref, pref, _, _ = refs[i]
-            an, ad = adj_n[j], adj_d[j]
+            name, days, bref, pref, _, _, _ = refs[i]
+            a = adjusted[j]
             np_ = len(pref.num)
             out[i] = (
                 name,
                 days,
-                _replaced(bref, an[:nb], ad[:nb]),
-                _replaced(pref, an[off : off + np_], ad[off : off + np_]),
+                _replaced(bref, a.num[:nb], a.den[:nb]),
+                _replaced(pref, a.num[off : off + np_], a.den[off : off + np_]),
                 0,
                 np_,
+                (a, off),
             )
     return out
 
@@ -1189,9 +1194,13 @@ def _usable_references(
     chosen = [x for x in ok if max(x[4], floor) <= cut]
     return cut, [
         Reference(
-            "daily" if name == OTHER_DAY else name, days, _tail(bref, cut), _head(pref, n_post)
+            "daily" if name == OTHER_DAY else name,
+            days,
+            _tail(bref, cut),
+            _head(pref, n_post),
+            adj[0].extra_var(cut, n_base, adj[1], adj[1] + n_post) if adj else 0.0,
         )
-        for name, days, bref, pref, _, _ in chosen
+        for name, days, bref, pref, _, _, adj in chosen
     ]
 
 

@@ -108,6 +108,9 @@ class Reference:
     lag_days: int  # 0 for the control
     base: WindowData
     post: WindowData
+    # Variance of log(post / base) that taking the day's own releases out added (the engine's
+    # stream_app.core.profile), on top of the windows' own noise.
+    extra_var: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,9 +222,38 @@ class _Factor:
     label: str | None
     note: str
     inflation: float = 1.0  # empirical / model variance of the earlier days' factors (>= 1)
+    broken: bool = False  # references were offered and none is usable
 
 
-def _seasonal_factor(spec: KpiSpec, refs: Sequence[Reference], phi: float) -> _Factor:
+def _halves(spec: KpiSpec, w: WindowData, phi: float) -> tuple[float, float]:
+    """log(second half / first half) of a window, and its variance."""
+    n = len(w.num) // 2
+    first, second = _win(_cut(w, 0, n)), _win(_cut(w, n, len(w.num)))
+    if not (first.s_num > 0 and second.s_num > 0 and first.s_den > 0 and second.s_den > 0):
+        return math.nan, math.inf
+    f = math.log(second.level) - math.log(first.level)
+    return f, _log_var(spec, first, phi) + _log_var(spec, second, phi)
+
+
+def _cut(w: WindowData, lo: int, hi: int) -> WindowData:
+    counts = w.counts[lo:hi] if w.counts else ()
+    return WindowData(
+        w.start, w.end, w.num[lo:hi], w.den[lo:hi], math.fsum(counts) if counts else 1.0, counts
+    )
+
+
+def _parallel(spec: KpiSpec, base: WindowData, control: WindowData, phi: float) -> bool:
+    """Whether the control's baseline moved as the judged baseline did, within noise."""
+    a, va = _halves(spec, base, phi)
+    c, vc = _halves(spec, control, phi)
+    if not (math.isfinite(a) and math.isfinite(c)):
+        return False
+    return abs(a - c) <= REFERENCE_AGREEMENT_Z * math.sqrt(va + vc)
+
+
+def _seasonal_factor(
+    spec: KpiSpec, refs: Sequence[Reference], phi: float, base: WindowData | None = None
+) -> _Factor:
     """Pool the usable references' log factors by inverse variance (see "Counterfactual")."""
     cands: list[tuple[Reference, float, float]] = []
     for ref in refs:
@@ -229,11 +261,11 @@ def _seasonal_factor(spec: KpiSpec, refs: Sequence[Reference], phi: float) -> _F
         if not (b.s_num > 0 and p.s_num > 0 and b.s_den > 0 and p.s_den > 0):
             continue
         f = math.log(p.level) - math.log(b.level)
-        v = _log_var(spec, p, phi) + _log_var(spec, b, phi)
+        v = _log_var(spec, p, phi) + _log_var(spec, b, phi) + ref.extra_var
         if math.isfinite(f) and math.isfinite(v) and v > 0:
             cands.append((ref, f, v))
     if not cands:
-        return _Factor(0.0, 0.0, None, "")
+        return _Factor(0.0, 0.0, None, "", broken=bool(refs))
 
     def pooled(items: Sequence[tuple[Reference, float, float]]) -> tuple[float, float]:
         inv = sum(1.0 / v for _, _, v in items)
@@ -273,7 +305,13 @@ def _seasonal_factor(spec: KpiSpec, refs: Sequence[Reference], phi: float) -> _F
             + ([f"other days x{other_n} (short windows)"] if other_n else [])
         )
     else:
-        use, label = control, "control"
+        # The rest of the traffic shares the shape of the hours only when it moved with the
+        # judged scope before the release (parallel trends): another region lives in another
+        # time zone, and its morning is not this scope's.
+        use = [c for c in control if base is None or _parallel(spec, base, c[0].base, phi)]
+        if not use:
+            return _Factor(0.0, 0.0, None, "", broken=True)
+        label = "control"
     f, v = pooled(use)
     note = (
         f"; references out of line with the others (a step they do not share): {', '.join(dropped)}"
@@ -449,7 +487,15 @@ def _judge(
     if not math.isfinite(phi):
         return say("inconclusive", "thin-data", "too few consecutive buckets to estimate noise")
 
-    factor = _seasonal_factor(spec, refs, phi)
+    factor = _seasonal_factor(spec, refs, phi, base)
+    if factor.broken:
+        return say(
+            "inconclusive",
+            "no-reference",
+            "no usable reference: the earlier days hold no data at these hours, or the rest of "
+            "the traffic did not move with this scope before the release (another shape of the "
+            "day)",
+        )
     notes = factor.note + notes
     ref_label = factor.label
     method = "counts-log-ratio" + (f"+reference({ref_label})" if ref_label else "")

@@ -21,14 +21,52 @@ Pure: arrays in, arrays out.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["level_adjust"]
+__all__ = ["AdjustedDay", "level_adjust"]
 
 FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class AdjustedDay:
+    """One reference day after `level_adjust`.
+
+    num, den: the rescaled buckets (left-out ones 0, 0). segment: per bucket, its segment (-1:
+    left out). var: per segment, the variance of the log of the factor it was rescaled by (0 for
+    the segment that kept its level and for a day without releases): the noise the adjustment
+    adds, from the fit's residual dispersion.
+    """
+
+    num: FloatArray
+    den: FloatArray
+    segment: NDArray[np.int64]
+    var: FloatArray
+
+    def extra_var(self, lo: int, hi: int, lo2: int, hi2: int) -> float:
+        """Variance the adjustment adds to log(sum num[lo2:hi2]) - log(sum num[lo:hi]).
+
+        Each bucket weighs by its share of its window's sum; segments are taken as independent.
+        """
+        total = 0.0
+        shares: dict[int, float] = {}
+        for sign, a, b in ((-1.0, lo, hi), (1.0, lo2, hi2)):
+            seg = self.segment[a:b]
+            num = self.num[a:b]
+            s_num = float(num[seg >= 0].sum())
+            if s_num <= 0:
+                continue
+            for k in np.unique(seg[seg >= 0]):
+                shares[int(k)] = shares.get(int(k), 0.0) + sign * float(num[seg == k].sum()) / s_num
+        for k, share in shares.items():
+            total += share * share * float(self.var[k])
+        return total
+
 
 BLOCK = 5  # buckets per step of the shape of the hours
 MIN_SEGMENT_BUCKETS = 10  # a shorter segment is left out (its level is barely told)
@@ -41,7 +79,7 @@ def level_adjust(
     splits: Sequence[Sequence[int]],
     main: int,
     breaks: Sequence[int] = (),
-) -> tuple[list[FloatArray], list[FloatArray]]:
+) -> list[AdjustedDay]:
     """Rescale each day's segments so its releases' steps are gone, at the level of bucket `main`.
 
     Args:
@@ -54,16 +92,14 @@ def level_adjust(
             (midnight, where weekday levels change): a segment starts there on every day.
 
     Returns:
-        (num, den) per day: days without splits unchanged; the others rescaled segment by
-        segment, with left-out buckets (release buckets, thin segments) as missing (0, 0).
+        Per day: days without splits unchanged; the others rescaled segment by segment, with
+        left-out buckets (release buckets, thin segments) as missing (0, 0).
     """
     days = len(num)
     if days == 0:
-        return [], []
+        return []
     if not any(len(c) for c in splits):
-        return [np.asarray(x, dtype=np.float64) for x in num], [
-            np.asarray(x, dtype=np.float64) for x in den
-        ]
+        return [_unchanged(x, y) for x, y in zip(num, den, strict=True)]
     n = np.asarray(num, dtype=np.float64)
     d = np.asarray(den, dtype=np.float64)
     width = n.shape[1]
@@ -84,7 +120,7 @@ def level_adjust(
                 seg[i, c:] = s
         step.append(kinds)
     valid = (d > 0) & (seg >= 0) & np.isfinite(n)
-    nseg = int(seg.max()) + 1
+    nseg = max(int(seg.max()) + 1, max(len(k) + 1 for k in step))
     drop = days * nseg
     size = drop + 1
     gid = np.where(valid, np.arange(days)[:, None] * nseg + seg, drop)
@@ -97,13 +133,11 @@ def level_adjust(
     gid = np.where(keep, gid, drop)
     n = np.where(keep, n, 0.0)
     d = np.where(keep, d, 0.0)
-    level, linked = _levels(n, d, gid, keep, size, nseg)
-    out_n: list[FloatArray] = []
-    out_d: list[FloatArray] = []
+    level, linked, cov = _levels(n, d, gid, keep, size, nseg)
+    out: list[AdjustedDay] = []
     for i in range(days):
         if not len(splits[i]):
-            out_n.append(np.asarray(num[i], dtype=np.float64))
-            out_d.append(np.asarray(den[i], dtype=np.float64))
+            out.append(_unchanged(num[i], den[i]))
             continue
         g = gid[i]
         kept = keep[i]
@@ -112,18 +146,45 @@ def level_adjust(
         else:
             segs = np.unique(g[kept])
             if not len(segs):
-                out_n.append(np.zeros(width))
-                out_d.append(np.zeros(width))
+                out.append(
+                    AdjustedDay(np.zeros(width), np.zeros(width), np.full(width, -1), np.zeros(1))
+                )
                 continue
             # The segment with the most data keeps its level.
             m = int(max(segs, key=lambda x: float(d[i][g == x].sum())))
-        scale = _chain(i * nseg, step[i], ok, level, linked, m - i * nseg)
-        local = np.where(kept, g - i * nseg, 0)
-        factor = np.where(kept, scale[local], np.nan)
+        base = i * nseg
+        scale, coef = _chain(base, step[i], ok, level, linked, m - base)
+        day_cov = cov[base : base + nseg, base : base + nseg]
+        var = np.array([_quad(c, day_cov) for c in coef])
+        local = np.where(kept, g - base, -1)
+        factor = np.where(kept, scale[np.maximum(local, 0)], np.nan)
         use = kept & np.isfinite(factor)
-        out_n.append(np.where(use, n[i] * np.where(use, factor, 0.0), 0.0))
-        out_d.append(np.where(use, d[i], 0.0))
-    return out_n, out_d
+        out.append(
+            AdjustedDay(
+                np.where(use, n[i] * np.where(use, factor, 0.0), 0.0),
+                np.where(use, d[i], 0.0),
+                np.where(use, local, -1),
+                var,
+            )
+        )
+    return out
+
+
+def _quad(c: FloatArray | None, cov: FloatArray) -> float:
+    """c' cov c over the segments c names (0 for none: the anchor; inf when unknown)."""
+    if c is None or not c.any():
+        return 0.0
+    nz = np.nonzero(c)[0]
+    sub = cov[np.ix_(nz, nz)]
+    if not np.isfinite(sub).all():
+        return math.inf
+    return float(c[nz] @ sub @ c[nz])
+
+
+def _unchanged(num: Sequence[float], den: Sequence[float]) -> AdjustedDay:
+    n = np.asarray(num, dtype=np.float64)
+    d = np.asarray(den, dtype=np.float64)
+    return AdjustedDay(n, d, np.where(d > 0, 0, -1), np.zeros(1))
 
 
 def _chain(
@@ -133,9 +194,10 @@ def _chain(
     level: FloatArray,
     linked: NDArray[np.int64],
     anchor: int,
-) -> FloatArray:
+) -> tuple[FloatArray, list[FloatArray | None]]:
     """Per segment of one day, the factor that takes out every release step between it and the
-    anchor segment (factor 1).
+    anchor segment (factor 1), and the log factor as a combination of the day's segment log
+    levels (for its variance).
 
     Across a release a kept segment is brought to its neighbour's level (towards the anchor);
     across a break (a real step) the factor carries over. Where a left-out segment hides whether
@@ -144,9 +206,11 @@ def _chain(
     """
     count = len(kinds) + 1
     scale = np.full(count, np.nan)
+    coef: list[FloatArray | None] = [None] * count
     if not (0 <= anchor < count) or not ok[base + anchor]:
-        return scale
+        return scale, coef
     scale[anchor] = 1.0
+    coef[anchor] = np.zeros(count)
     for order in (range(anchor + 1, count), range(anchor - 1, -1, -1)):
         prev = anchor
         pending: list[bool] = []
@@ -159,13 +223,18 @@ def _chain(
                 if linked[base + s] < 0 or linked[base + s] != linked[base + prev]:
                     break  # the step is not told apart from the shape of the hours
                 scale[s] = scale[prev] * level[base + prev] / level[base + s]
+                c = np.array(coef[prev], copy=True)
+                c[prev] += 1.0
+                c[s] -= 1.0
+                coef[s] = c
             elif not any(pending):
                 scale[s] = scale[prev]
+                coef[s] = coef[prev]
             else:
                 break  # a release and a break with a hidden segment between: cannot tell
             prev = s
             pending = []
-    return scale
+    return scale, coef
 
 
 def _levels(
@@ -175,7 +244,7 @@ def _levels(
     keep: NDArray[np.bool_],
     size: int,
     nseg: int,
-) -> tuple[FloatArray, NDArray[np.int64]]:
+) -> tuple[FloatArray, NDArray[np.int64], FloatArray]:
     """Segment levels of the log-linear model log(num/den) = a[segment] + g[block], by weighted
     least squares over cells (day, block of BLOCK buckets, segment) weighted by their counts.
 
@@ -193,7 +262,7 @@ def _levels(
     cd = np.bincount(cell[use], weights=d.ravel()[use], minlength=nblocks * size)
     idx = np.nonzero(cd > 0)[0]
     if not len(idx):
-        return np.full(size, np.nan), np.full(size, -1)
+        return np.full(size, np.nan), np.full(size, -1), np.zeros((size, size))
     cb, cs = idx // size, idx % size
     got = np.maximum(cn[idx], 0.5)  # an empty cell weighs as half a count
     y = np.log(got / cd[idx])
@@ -214,6 +283,15 @@ def _levels(
     a = np.linalg.lstsq(m, rhs, rcond=None)[0]
     level = np.full(size, np.nan)
     level[segs] = np.exp(a)
+    # Covariance of the log levels: the residual dispersion (over-dispersion included, and the
+    # weights' scale, which for money sums is not a count) times the pseudo-inverse.
+    g = ybar - (a_mat.T @ a) * inv
+    resid = y - a[s_index] - g[cb]
+    dof = len(y) - k - int((wb > 0).sum()) + 1
+    phi = float(wt @ (resid * resid)) / dof if dof > 0 else math.inf
+    cov = np.full((size, size), np.inf)
+    if math.isfinite(phi):
+        cov[np.ix_(segs, segs)] = phi * np.linalg.pinv(m)
     # Levels compare only within a group of segments linked through blocks that two days share
     # (the shape ties them); across groups the data do not tell their ratio.
     parent = list(range(k))
@@ -233,4 +311,4 @@ def _levels(
             parent[find(int(other))] = find(int(members[0]))
     group = np.full(size, -1)
     group[segs] = [find(i) for i in range(k)]
-    return level, group
+    return level, group, cov

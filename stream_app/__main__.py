@@ -447,6 +447,9 @@ def emit_sample(
     label: Annotated[list[str] | None, typer.Option(help="Label KEY=VALUE (repeat).")] = None,
     at: EventTime = None,
     event_id: EventId = None,
+    product: Annotated[
+        str | None, typer.Option(help="Product (value stream) of a product-level sample.")
+    ] = None,
 ) -> None:
     """Send one KPI telemetry sample."""
     from stream_app.events.model import KpiSample
@@ -460,6 +463,7 @@ def emit_sample(
             count=count,
             labels=_labels(label or []),
             id=event_id,
+            product=product,
         )
     )
 

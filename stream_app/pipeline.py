@@ -120,6 +120,11 @@ class Pipeline:
         self.limits = limits or Limits()
         if self.limits.max_label_values is not None:
             catalog = replace(catalog, max_label_values=self.limits.max_label_values)
+        vs = valuestream or load_valuestream()
+        # Products (value streams) own the product-level KPIs: their member services' releases
+        # are judged on them (see ImpactEngine).
+        if vs.value_streams and not catalog.products:
+            catalog = catalog.with_products(vs.value_streams)
         self.catalog = catalog
         self.features = features or Features()
         self.engine = ImpactEngine(catalog, alpha=alpha)
@@ -128,7 +133,6 @@ class Pipeline:
         self.guard = Guard(catalog, self.limits, watermark=self.engine.watermark)
         self.clock = clock
         self._admitted: Decoded | None = None
-        vs = valuestream or load_valuestream()
         self.flow = FlowTracker(vs)
         self.dora = DoraTracker(vs)
         self.report_period_seconds = report_period_seconds

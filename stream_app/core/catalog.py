@@ -6,14 +6,15 @@ import difflib
 import math
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_args
 
-from stream_app.core.types import Aggregation, Direction, KpiSpec, Seasonality
+from stream_app.core.types import Aggregation, Direction, KpiSpec, Level, Seasonality
 from stream_app.errors import ConfigError
+from stream_app.events.model import KpiSample
 
 WEEK_SECONDS = 7 * 86400.0
 DAY_SECONDS = 86400.0
@@ -42,6 +43,7 @@ KPI_KEYS = frozenset(
         "seasonality",
         "allowed_lateness",
         "services",
+        "level",
     }
 )
 # Identity fields make no sense as a default for every KPI.
@@ -51,6 +53,9 @@ SCOPE_KEYS = frozenset({"labels", "max_values"})
 OTLP_KEYS = frozenset({"labels", "first_point_window", "max_series", "metrics"})
 OTLP_METRIC_KEYS = frozenset({"stream", "scale", "count_stream"})
 DEFAULT_FIRST_POINT_WINDOW = 300.0
+# The engine, guard and worker keep a product's KPI state under this key ("product:shop"), next to
+# services' states under their own names.
+PRODUCT_PREFIX = "product:"
 DEFAULT_MAX_SERIES = 5_000
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -104,8 +109,13 @@ class Catalog:
     max_label_values: int = DEFAULT_MAX_LABEL_VALUES
     source: str = "kpis.toml"
     otlp: OtlpConfig = field(default_factory=OtlpConfig)
+    # service -> the product (value stream) it belongs to; a service not listed is its own product.
+    products: Mapping[str, str] = field(default_factory=dict)
     _by_stream: dict[str, tuple[KpiSpec, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
+    )
+    _product_streams: frozenset[str] = field(
+        default_factory=frozenset, init=False, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
@@ -115,6 +125,29 @@ class Catalog:
                 index.setdefault(stream, []).append(spec)
         # Frozen dataclass: the index is derived once here so by_stream is O(1) on the hot path.
         object.__setattr__(self, "_by_stream", {s: tuple(v) for s, v in index.items()})
+        product_streams = {s for k in self.kpis if k.level == "product" for s in k.streams()}
+        object.__setattr__(self, "_product_streams", frozenset(product_streams))
+
+    def with_products(self, value_streams: Mapping[str, Sequence[str]]) -> Catalog:
+        """This catalog with the products of a value-stream definition (product -> services)."""
+        members = {svc: p for p, services in value_streams.items() for svc in services}
+        return replace(self, products=members)
+
+    def product_of(self, service: str) -> str:
+        """The product `service` belongs to (itself when no value stream lists it)."""
+        return self.products.get(service, service)
+
+    def has_product_kpis(self) -> bool:
+        """Whether some KPI is measured at product level."""
+        return bool(self._product_streams)
+
+    def subject_of(self, sample: KpiSample) -> str:
+        """The state a sample goes to: its product's (`product_key`) for a stream that product
+        KPIs read, else its service's. A sample names its product, or its service's is taken."""
+        if sample.kpi in self._product_streams:
+            product = sample.product or self.products.get(sample.service, sample.service)
+            return PRODUCT_PREFIX + product
+        return sample.service
 
     def by_stream(self, stream: str) -> tuple[KpiSpec, ...]:
         """KPIs that read the sample stream `stream` (empty when none does)."""
@@ -141,8 +174,20 @@ class Catalog:
         return frozenset(self._by_stream)
 
     def for_service(self, service: str) -> tuple[KpiSpec, ...]:
-        """KPIs that apply to `service` (those without a services list apply to every service)."""
-        return tuple(k for k in self.kpis if not k.services or service in k.services)
+        """KPIs judged on the state `service` keys: a service's service-level KPIs (those without
+        a services list apply to every service), or for a `product_key` the product's."""
+        if service.startswith(PRODUCT_PREFIX):
+            product = service[len(PRODUCT_PREFIX) :]
+            return tuple(
+                k
+                for k in self.kpis
+                if k.level == "product" and (not k.services or product in k.services)
+            )
+        return tuple(
+            k
+            for k in self.kpis
+            if k.level == "service" and (not k.services or service in k.services)
+        )
 
     def retention_seconds(self) -> float:
         """How much event-time history the bucket store must keep behind the watermark.
@@ -169,6 +214,16 @@ class Catalog:
     def allowed_lateness_seconds(self, service: str) -> float:
         """The lateness the watermark of `service` allows: the largest of its KPIs'."""
         return max((k.allowed_lateness_seconds for k in self.for_service(service)), default=0.0)
+
+
+def product_key(product: str) -> str:
+    """The state key of a product's KPIs (engine, guard, worker tables)."""
+    return PRODUCT_PREFIX + product
+
+
+def product_name(key: str) -> str | None:
+    """The product of a `product_key`, None for a service's key."""
+    return key[len(PRODUCT_PREFIX) :] if key.startswith(PRODUCT_PREFIX) else None
 
 
 def parse_duration(value: object) -> float:
@@ -266,6 +321,7 @@ def _spec(errors: _Errors, where: str, table: Mapping[str, Any]) -> KpiSpec | No
     seasonality = _choice(
         errors, where, "seasonality", table.get("seasonality", "auto"), get_args(Seasonality)
     )
+    level = _choice(errors, where, "level", table.get("level", "service"), get_args(Level))
 
     durations: dict[str, float] = {}
     for key, default in (
@@ -384,6 +440,7 @@ def _spec(errors: _Errors, where: str, table: Mapping[str, Any]) -> KpiSpec | No
         seasonality=seasonality,  # type: ignore[arg-type]  # checked by _choice
         allowed_lateness_seconds=lateness,
         services=services,
+        level=level,  # type: ignore[arg-type]  # checked by _choice
     )
 
 
@@ -468,6 +525,17 @@ def parse_catalog(toml_text: str, source: str = "kpis.toml") -> Catalog:
                     f"kpi '{spec.name}'",
                     f"field 'bucket': stream '{stream}' already uses {other[0]:g}s buckets "
                     f"(kpi '{other[1]}'); KPIs reading one stream must share the bucket width",
+                )
+    # A stream's samples go to one state: the product's or the service's (Catalog.subject_of).
+    levels: dict[str, tuple[str, str]] = {}
+    for spec in specs:
+        for stream in spec.streams():
+            other_level, other_name = levels.setdefault(stream, (spec.level, spec.name))
+            if other_level != spec.level:
+                errors.add(
+                    f"kpi '{spec.name}'",
+                    f"field 'level': stream '{stream}' is read at {other_level} level by kpi "
+                    f"'{other_name}'; a stream is measured at one level",
                 )
     otlp = _otlp(errors, doc.get("otlp", {}))
     errors.raise_if_any()

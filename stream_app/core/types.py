@@ -8,6 +8,8 @@ from typing import Literal
 Aggregation = Literal["sum", "mean", "ratio", "quantile"]
 Direction = Literal["up", "down", "either"]
 Seasonality = Literal["auto", "weekly", "daily", "none"]
+# Who a KPI is measured for: each service on its own, or the product (value stream) it serves.
+Level = Literal["service", "product"]
 Verdict = Literal["improved", "degraded", "neutral", "inconclusive", "confounded"]
 VERDICTS: tuple[Verdict, ...] = ("improved", "degraded", "neutral", "inconclusive", "confounded")
 Phase = Literal["interim", "final"]
@@ -42,7 +44,8 @@ class KpiSpec:
         "auto"  # auto: week-ago history when present, else day-ago, else none
     )
     allowed_lateness_seconds: float = 300.0
-    services: tuple[str, ...] = ()  # empty: every service
+    services: tuple[str, ...] = ()  # empty: every service (product level: every product)
+    level: Level = "service"  # product: judged for every release of the product's services
 
     def streams(self) -> tuple[str, ...]:
         """The sample streams this KPI reads."""
@@ -128,3 +131,6 @@ class VerdictRecord:
     judgement: KpiJudgement
     seasonal_reference: str | None = None  # "weekly", "daily" or None
     extra: dict[str, str] = field(default_factory=dict)
+    # The product (value stream) the service belongs to; for a product-level KPI the release was
+    # judged on the product's samples ("" in records stored before products existed).
+    product: str = ""

@@ -23,6 +23,11 @@ class ImpactEvent(BaseModel):
     v: Literal[1] = Field(default=1, description="Schema version.")
     release_id: str = Field(description="context.id of the release event.")
     service: str
+    product: str | None = Field(
+        default=None,
+        description="The product (value stream) of the service; for a product-level KPI the "
+        "release was judged on the product's samples.",
+    )
     version: str
     release_time: Timestamp
     kpi: str
@@ -79,6 +84,7 @@ def impact_event(rec: VerdictRecord) -> ImpactEvent:
     return ImpactEvent(
         release_id=rec.release_id,
         service=rec.service,
+        product=rec.product or None,
         version=rec.version,
         release_time=format_timestamp(rec.release_time),
         kpi=rec.kpi,

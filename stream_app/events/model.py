@@ -48,6 +48,8 @@ class KpiSample:
     count: float = 1.0  # how many observations `value` sums (pre-aggregated producers)
     labels: dict[str, str] = field(default_factory=dict)
     id: str | None = None
+    # The product (value stream) a product-level sample is measured for; None: its service's.
+    product: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,13 @@
 """Telemetry contract: one compact JSON KPI sample per message, decoded without pydantic.
 
-Wire shape (key = service)::
+Wire shape (key = service; a product-level sample's key is its product)::
 
     {"v": 1, "service": "checkout", "kpi": "orders", "time": 1764064800.0, "value": 3.0,
-     "count": 1, "labels": {"region": "eu"}, "id": "optional"}
+     "count": 1, "labels": {"region": "eu"}, "id": "optional", "product": "shop"}
+
+``product`` (optional, 1-128 characters) names the product (value stream) a product-level sample is
+measured for; without it a product-level stream's sample counts for its service's product. A sample
+with a ``product`` may leave out ``service`` (it then stands for the product as a whole).
 
 ``time`` is POSIX seconds (a number) or an RFC 3339 string with an offset, in [0, 1e10) so that a
 millisecond timestamp is caught instead of landing in the year 57000. ``count`` (default 1) must be
@@ -29,6 +33,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    model_validator,
 )
 
 from stream_app.errors import DecodeError
@@ -47,7 +52,9 @@ from stream_app.events.model import KpiSample
 
 MAX_TIME = 1e10  # exclusive upper bound of epoch seconds (year 2286)
 MAX_ID = 256
-SAMPLE_KEYS = frozenset({"v", "service", "kpi", "time", "value", "count", "labels", "id"})
+SAMPLE_KEYS = frozenset(
+    {"v", "service", "kpi", "time", "value", "count", "labels", "id", "product"}
+)
 
 
 def _time_in_range(seconds: float) -> float:
@@ -82,10 +89,23 @@ SampleTimestamp = Annotated[
 class TelemetrySample(BaseModel):
     """One KPI sample (the schema of the telemetry topic)."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, title="TelemetrySample")
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        frozen=True,
+        title="TelemetrySample",
+        json_schema_extra={"anyOf": [{"required": ["service"]}, {"required": ["product"]}]},
+    )
 
     v: SchemaVersion = Field(default=1, description="Schema version.")
-    service: Name
+    service: Name | None = Field(
+        default=None, description="The service measured; may be left out when product is given."
+    )
+    product: Name | None = Field(
+        default=None,
+        description="The product (value stream) of a product-level sample; default: the "
+        "service's product.",
+    )
     kpi: Name = Field(description="Sample stream name, e.g. 'orders', 'latency_ms'.")
     time: EpochSeconds | SampleTimestamp = Field(
         description="Epoch seconds or RFC 3339 with offset."
@@ -97,17 +117,27 @@ class TelemetrySample(BaseModel):
     labels: Labels | None = None
     id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)] | None = None
 
+    @model_validator(mode="after")
+    def _service_or_product(self) -> TelemetrySample:
+        """A sample names its service, its product, or both."""
+        if self.service is None and self.product is None:
+            raise ValueError("service: required unless product is given")
+        return self
+
     def to_sample(self) -> KpiSample:
         """The internal sample."""
         t = timestamp_seconds(self.time) if isinstance(self.time, str) else self.time
+        service = self.service if self.service is not None else self.product
+        assert service is not None  # model_post_init
         return KpiSample(
-            service=self.service,
+            service=service,
             kpi=self.kpi,
             time=float(t),
             value=float(self.value),
             count=float(self.count),
             labels=dict(self.labels or {}),
             id=self.id,
+            product=self.product,
         )
 
 
@@ -201,7 +231,8 @@ def sample_from_obj(obj: object) -> KpiSample:
         raise DecodeError(
             "unknown-schema-version", f"v: {str(v)[:20]!r}; this consumer reads version 1"
         )
-    service = _name(obj, "service")
+    product = _name(obj, "product") if obj.get("product") is not None else None
+    service = _name(obj, "service") if product is None or "service" in obj else product
     kpi = _name(obj, "kpi")
     time = _time(obj)
     value = _number(obj, "value")
@@ -213,7 +244,7 @@ def sample_from_obj(obj: object) -> KpiSample:
     if sample_id is not None and (type(sample_id) is not str or not 0 < len(sample_id) <= MAX_ID):
         reason = "too-long" if type(sample_id) is str and sample_id else "schema-invalid"
         raise DecodeError(reason, f"id: must be a string of 1 to {MAX_ID} characters or null")
-    return KpiSample(service, kpi, time, value, count, labels, sample_id)
+    return KpiSample(service, kpi, time, value, count, labels, sample_id, product)
 
 
 def sample_to_obj(s: KpiSample) -> dict[str, Any]:
@@ -225,4 +256,6 @@ def sample_to_obj(s: KpiSample) -> dict[str, Any]:
         out["labels"] = s.labels
     if s.id is not None:
         out["id"] = s.id
+    if s.product is not None:
+        out["product"] = s.product
     return out

@@ -105,38 +105,38 @@ class Metrics:
         )
         self.verdicts = Counter(
             "valueloop_verdicts_total",
-            "Impact verdicts published, by service, KPI, verdict and phase.",
-            ["service", "kpi", "verdict", "phase"],
+            "Impact verdicts published, by product, service, KPI, verdict and phase.",
+            ["product", "service", "kpi", "verdict", "phase"],
             registry=r,
         )
         self.release_change = Gauge(
             "valueloop_release_change_ratio",
             "Relative KPI change after the service's latest judged release (0.05 = +5 %).",
-            ["service", "kpi"],
+            ["product", "service", "kpi"],
             registry=r,
         )
         self.release_change_low = Gauge(
             "valueloop_release_change_ci_low_ratio",
             "Lower bound of the confidence interval of the relative change.",
-            ["service", "kpi"],
+            ["product", "service", "kpi"],
             registry=r,
         )
         self.release_change_high = Gauge(
             "valueloop_release_change_ci_high_ratio",
             "Upper bound of the confidence interval of the relative change.",
-            ["service", "kpi"],
+            ["product", "service", "kpi"],
             registry=r,
         )
         self.release_degraded = Gauge(
             "valueloop_release_degraded",
             "1 when the service's latest judged release degraded this KPI, else 0.",
-            ["service", "kpi", "critical", "phase"],
+            ["product", "service", "kpi", "critical", "phase"],
             registry=r,
         )
         self.release_verdict = Gauge(
             "valueloop_release_verdict",
             "1 for the current verdict of the service's latest judged release on this KPI.",
-            ["service", "kpi", "verdict"],
+            ["product", "service", "kpi", "verdict"],
             registry=r,
         )
         self.release_info = Gauge(
@@ -447,7 +447,9 @@ class Metrics:
         if not self.admits(rec.service):
             return
         j = rec.judgement
-        self.verdicts.labels(rec.service, rec.kpi, j.verdict, rec.phase).inc()
+        # The product is the service's (one per service): the label adds no series of its own.
+        product = rec.product or rec.service
+        self.verdicts.labels(product, rec.service, rec.kpi, j.verdict, rec.phase).inc()
         key = (rec.service, rec.kpi)
         current = self._current_release.get(key)
         # A verdict of an older release arriving late must not overwrite the newer one.
@@ -461,16 +463,18 @@ class Metrics:
         self._release_times[key] = rec.release_time
         crit = "true" if rec.critical else "false"
         for phase in ("interim", "final"):
-            self.release_degraded.labels(rec.service, rec.kpi, crit, phase).set(
+            self.release_degraded.labels(product, rec.service, rec.kpi, crit, phase).set(
                 1.0 if (phase == rec.phase and j.verdict == "degraded") else 0.0
             )
         for v in ("improved", "degraded", "neutral", "inconclusive", "confounded"):
-            self.release_verdict.labels(rec.service, rec.kpi, v).set(1.0 if v == j.verdict else 0.0)
+            self.release_verdict.labels(product, rec.service, rec.kpi, v).set(
+                1.0 if v == j.verdict else 0.0
+            )
         if j.change is not None:
-            self.release_change.labels(rec.service, rec.kpi).set(j.change)
+            self.release_change.labels(product, rec.service, rec.kpi).set(j.change)
         if j.ci_low is not None and j.ci_high is not None:
-            self.release_change_low.labels(rec.service, rec.kpi).set(j.ci_low)
-            self.release_change_high.labels(rec.service, rec.kpi).set(j.ci_high)
+            self.release_change_low.labels(product, rec.service, rec.kpi).set(j.ci_low)
+            self.release_change_high.labels(product, rec.service, rec.kpi).set(j.ci_high)
         self.observe_release(rec.service, rec.version, rec.release_time)
 
     def observe_release(self, service: str, version: str, time: float) -> None:

@@ -128,6 +128,9 @@ class Pipeline:
         self.catalog = catalog
         self.features = features or Features()
         self.engine = ImpactEngine(catalog, alpha=alpha)
+        # The worker sets this: a release is registered in its service's state where it comes in,
+        # and reaches its product's state through the product's partition (see README).
+        self.forward_product_releases = False
         # Sanity and cardinality limits, checked before an event may touch or create state. The
         # edge injects its wall clock for the future-time check (the core never reads it).
         self.guard = Guard(catalog, self.limits, watermark=self.engine.watermark)
@@ -155,13 +158,16 @@ class Pipeline:
         self.max_event_time = max(self.max_event_time, event.time)
         if isinstance(event, KpiSample):
             outcome = self.engine.on_sample(event)
-            records = self.engine.advance(event.service) if outcome == "accepted" else []
+            key = self.catalog.subject_of(event)
+            records = self.engine.advance(key) if outcome == "accepted" else []
             return self._step(records, outcome, event.service)
         if isinstance(event, Release):
             if event.id in self._rel:  # a producer retry: counted once
                 return Step([], "duplicate", event.service)
-            rel_outcome, records = self.engine.add_release(event)
-            records = records + self.engine.advance(event.service)
+            subjects = self.release_subjects(event)
+            rel_outcome, records = self.engine.add_release(event, subjects)
+            for key in subjects:
+                records = records + self.engine.advance(key)
             if rel_outcome == "duplicate" and not records:
                 return Step([], "duplicate", event.service)
             self.dora.on_release(event)
@@ -177,6 +183,32 @@ class Pipeline:
         if isinstance(event, Incident):
             return Step([], str(self.dora.on_incident(event)), event.service)
         raise TypeError(f"not an event: {type(event).__name__}")  # pragma: no cover
+
+    def key_of(self, event: Decoded) -> str:
+        """The state an event belongs to: a sample's service or product (`Catalog.subject_of`),
+        any other event's service."""
+        if isinstance(event, KpiSample):
+            return self.catalog.subject_of(event)
+        return event.service
+
+    def release_subjects(self, r: Release) -> tuple[str, ...]:
+        """The states `handle` registers a release in: its service's, and its product's unless
+        the product's releases reach it apart (`forward_product_releases`)."""
+        subjects = self.engine.subjects_of(r)
+        return subjects[:1] if self.forward_product_releases else subjects
+
+    def handle_product_release(self, r: Release) -> Step:
+        """Register a release in its product's state only: the worker's path for releases
+        forwarded to the product's partition (`forward_product_releases`). DORA, flow and the
+        ledger counted it where it first came in."""
+        subjects = self.engine.subjects_of(r)[1:]
+        if not subjects:
+            return Step([], "out-of-scope", r.service)
+        self.max_event_time = max(self.max_event_time, r.time)
+        outcome, records = self.engine.add_release(r, subjects)
+        for key in subjects:
+            records = records + self.engine.advance(key)
+        return self._step(records, outcome, subjects[0])
 
     def handle_many(
         self,

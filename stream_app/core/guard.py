@@ -122,6 +122,7 @@ class Guard:
         self._ahead = self.limits.max_future_seconds
         # Retries older than the watermark minus the widest bucket are late in the engine anyway.
         self._id_margin = max((k.bucket_seconds for k in catalog.kpis), default=0.0)
+        self._products = catalog.has_product_kpis()
 
     def __len__(self) -> int:
         return len(self._services)
@@ -147,12 +148,15 @@ class Guard:
             return "time-in-past"
         if now is not None and t > now + self._ahead:
             return "time-in-future"
-        svc = self._services.get(event.service)
+        key = event.service
+        if self._products and type(event) is KpiSample:
+            key = self.catalog.subject_of(event)  # a product-level sample: its product's state
+        svc = self._services.get(key)
         if svc is None:
-            reason = self._admit(event)
+            reason = self._admit(event, key)
             if reason is not None:
                 return reason
-            svc = self._services[event.service]
+            svc = self._services[key]
         if type(event) is KpiSample:
             kpi = event.kpi
             if kpi not in svc.kpis:
@@ -165,13 +169,14 @@ class Guard:
             if sample_id is not None:
                 if sample_id in svc.ids:
                     return "duplicate"
-                self._remember(svc, event.service, sample_id, t)
+                self._remember(svc, key, sample_id, t)
         return None
 
-    def _admit(self, event: Event) -> GuardReason | None:
-        """Admit the (new) service of `event`, or say why not."""
-        lim, service = self.limits, event.service
-        if lim.known_services is not None and service not in lim.known_services:
+    def _admit(self, event: Event, service: str) -> GuardReason | None:
+        """Admit the (new) state `service` of `event` (its service's or product's), or say why
+        not."""
+        lim = self.limits
+        if lim.known_services is not None and event.service not in lim.known_services:
             return "unknown-service"
         streams = self._streams_of(service)
         if type(event) is KpiSample:

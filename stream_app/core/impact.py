@@ -34,6 +34,15 @@ value
 buckets, with its own seasonal reference when one is clean, else with the rest of the traffic as a
 concurrent control when the rest holds enough data.
 
+Products
+--------
+A product-level KPI (``level = "product"``) is measured for a product (value stream) as a whole. Its
+samples go to the product's state, keyed ``product:<name>`` (`Catalog.subject_of`), beside the
+services' states; every release of a member service is registered in its service's state and in
+its product's (`subjects_of`). In the product's state the releases of all member services are one
+sequence: one cuts another's baseline and horizon there, and two closer than a KPI's `overlap`
+confound each other on it, as two releases of one service do. Records carry the product.
+
 Looks and references
 --------------------
 A release is looked at on a fixed schedule (stream_app.core.sequential.look_schedule) from the
@@ -58,7 +67,7 @@ from typing import Any, Literal, Protocol
 import orjson
 
 from stream_app.core.buckets import CHUNK, SampleOutcome, ServiceBuckets, layouts_for, scope_key
-from stream_app.core.catalog import DAY_SECONDS, Catalog
+from stream_app.core.catalog import DAY_SECONDS, Catalog, product_key
 from stream_app.core.judge import DEFAULT_ALPHA, Look, Reference
 from stream_app.core.profile import AdjustedDay, level_adjust
 from stream_app.core.sequential import schedule_boundaries
@@ -122,8 +131,12 @@ class _ReleaseState:
 
 @dataclasses.dataclass(slots=True)
 class _ServiceState:
+    """The state of one service's KPIs, or of one product's (key `product_key`): a product's
+    holds the releases of every member service, so they cut and confound each other there."""
+
     buckets: ServiceBuckets
     specs: tuple[KpiSpec, ...]
+    name: str = ""  # the state's key: a service, or "product:<name>"
     releases: dict[str, _ReleaseState] = dataclasses.field(default_factory=dict)
     next_due: float = math.inf  # earliest watermark at which some release has work to do
     next_compact: float = -math.inf  # watermark at which closed sketches are compacted next
@@ -286,7 +299,7 @@ class ImpactEngine:
                 scope_labels=self.catalog.scope_labels,
                 max_label_values=self.catalog.max_label_values,
             )
-            st = self._states[service] = _ServiceState(buckets, specs)
+            st = self._states[service] = _ServiceState(buckets, specs, service)
         return st
 
     def on_sample(self, s: KpiSample) -> SampleOutcome:
@@ -297,12 +310,13 @@ class ImpactEngine:
             "out-of-scope" (no KPI applies to the service), "invalid-value",
             "too-many-label-values".
         """
-        st = self._states.get(s.service) or self._state(s.service)
+        key = self.catalog.subject_of(s)
+        st = self._states.get(key) or self._state(key)
         if st is None:
             return "out-of-scope"
         outcome = st.buckets.add(s.kpi, s.time, s.value, s.count, s.labels)
         if outcome == "accepted":
-            self._dirty.add(s.service)
+            self._dirty.add(key)
         return outcome
 
     def on_samples(
@@ -329,13 +343,14 @@ class ImpactEngine:
         append = outcomes.append
         states = self._states
         dirty = self._dirty
+        subject = self.catalog.subject_of if self.catalog.has_product_kpis() else None
         for i, s in enumerate(samples):
             if admit is not None:
                 refused = admit(s)
                 if refused is not None:
                     append(refused)
                     continue
-            service = s.service
+            service = s.service if subject is None else subject(s)
             # Looked up for every sample: `admit` may restore or drop a service's state.
             st = states.get(service) or self._state(service)
             if st is None:
@@ -363,18 +378,43 @@ class ImpactEngine:
         """Register a release; returns verdicts it caused (see `add_release`)."""
         return self.add_release(r)[1]
 
-    def add_release(self, r: Release) -> tuple[ReleaseOutcome, list[VerdictRecord]]:
-        """Register a release.
+    def subjects_of(self, r: Release) -> tuple[str, ...]:
+        """The states a release is judged in: its service's, then its product's (when the
+        catalog has product-level KPIs)."""
+        if not self.catalog.has_product_kpis():
+            return (r.service,)
+        return (r.service, product_key(self.catalog.product_of(r.service)))
+
+    def add_release(
+        self, r: Release, subjects: Sequence[str] | None = None
+    ) -> tuple[ReleaseOutcome, list[VerdictRecord]]:
+        """Register a release in its service's state and its product's (`subjects_of`).
+
+        Args:
+            r: the release.
+            subjects: only these of its states (the worker registers a release in its
+                product's state on the product's partition).
 
         Returns:
-            The outcome, and the records emitted: verdicts that were already due, and revisions of
-            final verdicts that this release now confounds.
+            The outcome (the first state's that does not find it out of scope), and the records
+            emitted: verdicts that were already due, and revisions of final verdicts that this
+            release now confounds.
         """
-        st = self._state(r.service)
+        outcome: ReleaseOutcome = "out-of-scope"
+        out: list[VerdictRecord] = []
+        for key in self.subjects_of(r) if subjects is None else subjects:
+            got, records = self._add_release(key, r)
+            out.extend(records)
+            if outcome == "out-of-scope":
+                outcome = got
+        return outcome, out
+
+    def _add_release(self, key: str, r: Release) -> tuple[ReleaseOutcome, list[VerdictRecord]]:
+        st = self._state(key)
         if st is None:
             return "out-of-scope", []
         # Whatever was due before this release is judged without it, as if advance ran just now.
-        out = self._advance(r.service, st)
+        out = self._advance(key, st)
         if r.id in st.releases:
             return "duplicate", out
         wm = st.buckets.watermark
@@ -389,8 +429,8 @@ class ImpactEngine:
         # Looks already due are taken at once, in order, as if it had been known all along.
         st.releases[r.id] = rs
         # The new release changes other releases' baselines, references and horizons.
-        self._drop_fixed(r.service)
-        self._dirty.add(r.service)
+        self._drop_fixed(key)
+        self._dirty.add(key)
         for other in sorted(st.releases.values(), key=lambda x: x.key):
             if other is rs:
                 continue
@@ -570,7 +610,7 @@ class ImpactEngine:
         out = self._judge_release(st, rs, elapsed, look, due, scheduled, end)
         if end or len(rs.final) == len(st.specs):
             rs.finalized = True
-            self._drop_fixed(rs.release.service, rs.release.id)
+            self._drop_fixed(st.name, rs.release.id)
         return out
 
     # -- judging -----------------------------------------------------------------------------
@@ -655,7 +695,7 @@ class ImpactEngine:
     ) -> _Fixed:
         """The release's baseline and candidate references for `spec`, read once (closed data)."""
         r = rs.release
-        key = (r.service, r.id, spec.name)
+        key = (st.name, r.id, spec.name)
         got = self._fixed.get(key)
         if got is not None:
             return got
@@ -823,6 +863,7 @@ class ImpactEngine:
             rec = VerdictRecord(
                 release_id=r.id,
                 service=r.service,
+                product=self.catalog.product_of(r.service),
                 version=r.version,
                 release_time=r.time,
                 kpi=spec.name,
@@ -991,6 +1032,7 @@ class ImpactEngine:
 
         Reads only, changes nothing; empty when the engine does not hold the release.
         """
+        found: list[KpiWindows] = []
         for st in self._states.values():
             rs = st.releases.get(release_id)
             if rs is None:
@@ -1024,9 +1066,9 @@ class ImpactEngine:
                     )
                 )
             if not rs.finalized:
-                self._drop_fixed(r.service, r.id)  # a read changes nothing
-            return out
-        return []
+                self._drop_fixed(st.name, r.id)  # a read changes nothing
+            found.extend(out)
+        return found
 
 
 _Ref = tuple[str, int, WindowData, WindowData, int, int, tuple[AdjustedDay, int] | None]

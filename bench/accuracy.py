@@ -7,6 +7,7 @@ overall, with counts) and writes the figures as JSON with ``--out``.
 
     python -m bench.accuracy                         # both worlds, default seeds, 2 processes
     python -m bench.accuracy --world shop --seeds 1 --jobs 1
+    python -m bench.accuracy --world product         # the shop's KPIs at product level
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from stream_app.sim.accuracy import (
     bench_catalog,
     figures_by_kpi,
     judge_events,
+    product_catalog,
     score,
 )
 
@@ -38,6 +40,8 @@ SHOP_SEEDS = shopworld.SEEDS  # 3 x 21 days: ~940 releases
 SIM_SEEDS = (11, 12, 13, 14)  # 4 x 200 releases (test_accuracy's seeds)
 SHOP_DAYS = shopworld.DAYS
 SIM_RELEASES = 200
+PRODUCT_SEEDS = (1, 2, 3)  # 3 x 14 days, search/cart/checkout of one shop: ~290 releases
+PRODUCT_DAYS = 14
 
 
 def run_one(
@@ -45,16 +49,22 @@ def run_one(
 ) -> tuple[list[Scored], dict[str, float]]:
     """Generate, replay and score one (world, seed); returns the pairs and timings (seconds)."""
     t0 = time.perf_counter()
-    if world == "shop":
-        planned = shopworld.plan_world(seed, shop_days)
+    catalog = bench_catalog()
+    if world == "product":
+        planned = shopworld.plan_product_world(seed, PRODUCT_DAYS)
         events: Sequence[Any] = shopworld.generate(planned)
+        truths = shopworld.truth(planned)
+        catalog = product_catalog("shop", [s.name for s in planned.services])
+    elif world == "shop":
+        planned = shopworld.plan_world(seed, shop_days)
+        events = shopworld.generate(planned)
         truths = shopworld.truth(planned)
     else:
         scenario = simworld.sim_scenario(seed, sim_releases)
         events = simworld.sim_events(scenario)
         truths = simworld.sim_truth(scenario)
     t1 = time.perf_counter()
-    records = judge_events(events, bench_catalog(), Settings().guard_limits())
+    records = judge_events(events, catalog, Settings().guard_limits())
     t2 = time.perf_counter()
     pairs = score(truths, records)
     timing = {"generate_s": t1 - t0, "replay_s": t2 - t1, "events": float(len(events))}
@@ -101,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.accuracy", description=__doc__.split("\n")[0]
     )
-    ap.add_argument("--world", choices=("shop", "sim", "both"), default="both")
+    ap.add_argument("--world", choices=("shop", "sim", "product", "both"), default="both")
     ap.add_argument("--seeds", type=int, nargs="*", help="seeds (default: per world)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--shop-days", type=int, default=SHOP_DAYS)
@@ -110,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     worlds = ("shop", "sim") if args.world == "both" else (args.world,)
     tasks = [
-        (w, s) for w in worlds for s in (args.seeds or (SHOP_SEEDS if w == "shop" else SIM_SEEDS))
+        (w, s)
+        for w in worlds
+        for s in (args.seeds or {"shop": SHOP_SEEDS, "product": PRODUCT_SEEDS}.get(w, SIM_SEEDS))
     ]
     started = time.perf_counter()
     results: dict[tuple[str, int], tuple[list[Scored], dict[str, float]]] = {}

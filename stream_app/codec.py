@@ -420,7 +420,10 @@ def role_of(event: Decoded) -> Role:
 
 
 def key_of(event: Decoded) -> bytes:
-    """The Kafka key of an event: its service, UTF-8 (every input topic is keyed by service)."""
+    """The Kafka key of an event: its service, UTF-8 (every input topic is keyed by service),
+    but a sample that names its product is keyed by the product (its state's partition)."""
+    if type(event) is KpiSample and event.product is not None:
+        return event.product.encode()
     return event.service.encode()
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from stream_app.codec import Decoded
-from stream_app.core.catalog import Catalog
+from stream_app.core.catalog import Catalog, product_name
 from stream_app.core.dora import DoraReport, DoraTracker, dora_metric_samples
 from stream_app.core.flow import FlowReport, FlowTracker, flow_metric_samples
 from stream_app.core.guard import GUARD_REASONS, Guard, Limits
@@ -47,6 +47,8 @@ class Step:
     outcome: str = "accepted"
     service: str = ""
     ledger: list[LedgerEntry] = field(default_factory=list)
+    # Products whose partition the release must still reach (`forward_product_releases`).
+    forward: tuple[str, ...] = ()
 
     @property
     def rejected(self) -> bool:
@@ -174,9 +176,14 @@ class Pipeline:
             self.flow.on_release(event)
             self._note_release(event)
             # A release for a service without KPIs is still a release (DORA counts it).
-            return self._step(
+            step = self._step(
                 records, "accepted" if rel_outcome == "out-of-scope" else rel_outcome, event.service
             )
+            if self.forward_product_releases:
+                products = self.engine.subjects_of(event)[1:]
+                names = tuple(n for p in products if (n := product_name(p)) is not None)
+                step = replace(step, forward=names)
+            return step
         if isinstance(event, WorkflowEvent):
             self.dora.on_workflow(event)
             return Step([], str(self.flow.on_workflow(event)), event.service)
@@ -273,7 +280,7 @@ class Pipeline:
                     else:
                         step = refused
                 outcomes.append(step.outcome)
-                if step.records or step.ledger:
+                if step.records or step.ledger or step.forward:
                     emitted.append((i, step))
                 i += 1
                 continue

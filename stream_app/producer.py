@@ -35,7 +35,9 @@ def topic_specs(settings: Settings) -> list[tuple[str, str, int]]:
     and verdicts are co-partitioned (all are keyed by service).
     """
     return [
-        (role, name, settings.topic_partitions) for role, name in settings.topic_names().items()
+        *((role, name, settings.topic_partitions) for role, name in settings.topic_names().items()),
+        # Co-partitioned with the telemetry topic: a product's samples and releases meet there.
+        ("product-releases", settings.topic_product_releases, settings.topic_partitions),
     ]
 
 

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         description="Input: OTLP metrics (ExportMetricsServiceRequest, otlp_proto or otlp_json) "
         "from the OpenTelemetry Collector's Kafka exporter, any key.",
     )
+    topic_product_releases: str = Field(
+        default="vsm.product-releases",
+        description="Internal: releases the worker forwards to their product's partition (keyed "
+        "by product) when the catalog has product-level KPIs.",
+    )
     topic_partitions: int = Field(
         default=4, ge=1, description="Partitions of the input and output topics."
     )

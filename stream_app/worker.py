@@ -19,7 +19,7 @@ from stream_app.agents.otlp import register_otlp
 from stream_app.agents.progress import InputProgress
 from stream_app.agents.state import ServiceStateTable
 from stream_app.app import App, build_app
-from stream_app.codec import Decoded
+from stream_app.codec import Decoded, Release
 from stream_app.core.catalog import load_catalog
 from stream_app.core.ledger import load_features
 from stream_app.core.valuestream import load_valuestream
@@ -63,23 +63,43 @@ def build_worker_app(
     pipeline.guard.stored = lambda service: state.table.data.get(service.encode()) is not None
 
     def handle(event: Decoded, topic: str, partition: int, offset: int) -> Step | None:
-        if topic in checkpointed and state.replayed(event.service, topic, partition, offset):
+        if topic == forwarded:  # a release on its product's partition (checked where it came in)
+            return handle_forwarded(event, topic, partition, offset)
+        key = pipeline.key_of(event)  # the state it goes to: its service's, or its product's
+        if topic in checkpointed and state.replayed(key, topic, partition, offset):
             return None  # already in the restored state: not a duplicate, not counted again
         refused = pipeline.admit(event)  # before any state is loaded, created or touched
         if refused is not None:
             return refused
         if topic in checkpointed:
-            if not state.admit(event.service, topic, partition, offset):
+            if not state.admit(key, topic, partition, offset):
                 return None
         else:
-            state.before(event.service, partition)
+            state.before(key, partition)
         return pipeline.handle(event)
+
+    def handle_forwarded(event: Decoded, topic: str, partition: int, offset: int) -> Step | None:
+        if not isinstance(event, Release):
+            return Step([], "wrong-topic", event.service)
+        subjects = pipeline.engine.subjects_of(event)[1:]
+        if not subjects:
+            return Step([], "out-of-scope", event.service)
+        if not state.admit(subjects[0], topic, partition, offset):
+            return None  # already in the product's restored state
+        return pipeline.handle_product_release(event)
 
     # Inputs whose whole effect lives in the engine snapshots (exactly-once by offset); workflow
     # and incident events feed the flow/DORA trackers, which rebuild from the committed offsets.
     checkpointed = {settings.topic_deployments, settings.topic_telemetry}
+    # Product-level KPIs: a release is judged on its service's KPIs where it comes in (keyed by
+    # service) and forwarded, keyed by product, to the partition of its product's state.
+    products = pipeline.catalog.has_product_kpis()
+    pipeline.forward_product_releases = products
+    forwarded = settings.topic_product_releases if products else None
+    if forwarded is not None:
+        checkpointed.add(forwarded)
     checkpoint = Checkpoint()
-    register_intake(app, settings, metrics, handle, checkpoint)
+    register_intake(app, settings, metrics, handle, checkpoint, forward_releases=products)
     assert checkpoint.deadletters is not None  # register_intake made them
     register_otlp(app, settings, metrics, catalog, checkpoint.deadletters)
     inputs = ("deployments", "telemetry", "workflow", "incidents")

@@ -16,7 +16,7 @@ from typing import Any
 
 import faust
 
-from stream_app.codec import Decoded, Rejected, Role, decode, encode_verdict
+from stream_app.codec import Decoded, Rejected, Role, decode, encode, encode_verdict
 from stream_app.deadletter import fit, limit_for
 from stream_app.events.ledger import encode_ledger
 from stream_app.metrics import Metrics
@@ -120,6 +120,30 @@ class DeadLetters:
         return await asyncio.to_thread(self.sender.drain, timeout) == 0
 
 
+class Forwarder:
+    """Sends releases to their product's partition (the product-releases topic, keyed by product).
+
+    confluent-kafka, like the dead letters and like valueloop's producers: librdkafka's
+    partitioner puts a release keyed "shop" on the partition where samples keyed "shop" are, when
+    those were produced with librdkafka's default partitioner too (see README, "Products").
+    Messages never time out; the release stays unacked until `deliver` sees them delivered.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        from stream_app.producer import Sender  # confluent-kafka is only needed by a worker
+
+        self.topic = settings.topic_product_releases
+        self.sender = Sender(settings, **{"message.timeout.ms": 0, "linger.ms": 5})
+
+    def send(self, product: str, value: bytes) -> None:
+        """Queue a release (its CDEvent) for the partition of `product`."""
+        self.sender.send(self.topic, value, product.encode())
+
+    async def deliver(self, timeout: float = 5.0) -> bool:
+        """Whether every release queued so far is in Kafka (waits up to `timeout`)."""
+        return await asyncio.to_thread(self.sender.drain, timeout) == 0
+
+
 @dataclass
 class Checkpoint:
     """Serialises batches with checkpoints and holds the processed, not yet acked events."""
@@ -127,6 +151,7 @@ class Checkpoint:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: list[tuple[Any, list[Any]]] = field(default_factory=list)  # (stream, events)
     deadletters: DeadLetters | None = None
+    forwarder: Forwarder | None = None
 
     async def run(self, app: faust.App, write_snapshots: Callable[[], object]) -> None:
         """Deliver outputs, hand snapshots to the producer, then ack what they cover."""
@@ -134,6 +159,9 @@ class Checkpoint:
             await app.producer.flush()  # the verdicts of processed events are in Kafka
             if self.deadletters is not None and not await self.deadletters.deliver():
                 log.warning("dead letters not delivered yet (is the broker away?): input unacked")
+                return
+            if self.forwarder is not None and not await self.forwarder.deliver():
+                log.warning("forwarded releases not delivered yet (is the broker away?): unacked")
                 return
             write_snapshots()  # faust flushes the producer again before it commits offsets
             pending, self.pending = self.pending, []
@@ -159,6 +187,9 @@ class BatchRunner:
     deadletter: Callable[[bytes | None, bytes, list[tuple[str, bytes]]], None]
     max_bytes: int
     untrack: Callable[[Any], None] = lambda _msg: None
+    forward: Callable[[str, bytes], None] | None = None  # (product, release bytes)
+    # Metric labels of topics whose role is not their label (forwarded releases).
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     def __call__(
         self, events: list[Any], assigned: Container[Any], generation: int
@@ -185,6 +216,7 @@ class BatchRunner:
                 continue
             done.append(event)
             role = self.role_of_topic[msg.topic]
+            label = self.labels.get(msg.topic, role)
             decoded = decode(
                 role, msg.value, header_list(msg.headers), max_bytes=self.max_bytes, key=msg.key
             )
@@ -198,7 +230,11 @@ class BatchRunner:
                 if role == "telemetry":
                     outcomes[step.outcome] += 1
                 if not step.rejected:
-                    accepted[role] += 1
+                    accepted[label] += 1
+                    if step.forward and self.forward is not None:
+                        value = encode(decoded)
+                        for product in step.forward:
+                            self.forward(product, value)
                     for rec in step.records:
                         sends.append((impact, rec.service.encode(), encode_verdict(rec), None))
                         metrics.observe_verdict(rec)
@@ -210,7 +246,7 @@ class BatchRunner:
                 reason, detail = step.outcome, f"the core refused the {role} event: {step.outcome}"
             headers = deadletter_headers(msg, role, reason, detail)
             self.deadletter(msg.key, msg.value or b"", headers)
-            metrics.rejected(role, reason)
+            metrics.rejected(label, reason)
         for outcome, n in outcomes.items():
             metrics.samples.labels(outcome).inc(n)
         for name, n in accepted.items():
@@ -222,12 +258,19 @@ class BatchRunner:
 
 
 def register_intake(
-    app: faust.App, settings: Settings, metrics: Metrics, handle: Handler, checkpoint: Checkpoint
+    app: faust.App,
+    settings: Settings,
+    metrics: Metrics,
+    handle: Handler,
+    checkpoint: Checkpoint,
+    forward_releases: bool = False,
 ) -> None:
     """Register the input agents: decode -> core (`handle`) -> emit verdicts / dead letters."""
     names = settings.topic_names()
     deadletters = DeadLetters(settings, on_truncated=metrics.deadletter_truncated.inc)
     checkpoint.deadletters = deadletters
+    forwarder = Forwarder(settings) if forward_releases else None
+    checkpoint.forwarder = forwarder
     deadletter_topic = app.topic(settings.topic_deadletter, partitions=settings.topic_partitions)
 
     @app.task
@@ -244,15 +287,21 @@ def register_intake(
         if unacked is not None:
             unacked.discard(msg)
 
+    role_of_topic: dict[str, Role] = {names[r]: r for _, roles in AGENT_ROLES for r in roles}
+    if forward_releases:
+        # Releases forwarded to their product's partition decode as releases.
+        role_of_topic[settings.topic_product_releases] = "deployments"
     run_batch = BatchRunner(
         handle,
         metrics,
-        {names[r]: r for _, roles in AGENT_ROLES for r in roles},
+        role_of_topic,
         impact=app.topic(settings.topic_impact, partitions=settings.topic_partitions),
         ledger=app.topic(settings.topic_ledger, partitions=settings.topic_partitions),
         deadletter=deadletters.send,
         max_bytes=settings.max_message_bytes,
         untrack=untrack,
+        forward=forwarder.send if forwarder is not None else None,
+        labels={settings.topic_product_releases: "product-releases"},
     )
 
     stall_key = settings.test_stall_key.encode() if settings.test_stall_key else None
@@ -275,7 +324,11 @@ def register_intake(
             del batch, events
 
     for agent_name, roles in AGENT_ROLES:
-        source = app.topic(*(names[r] for r in roles), partitions=settings.topic_partitions)
+        topics = [names[r] for r in roles]
+        if forward_releases and "telemetry" in roles:
+            # Co-partitioned with telemetry: a product's releases meet its samples here.
+            topics.append(settings.topic_product_releases)
+        source = app.topic(*topics, partitions=settings.topic_partitions)
         app.agent(source, name=agent_name)(process)
 
 

@@ -81,6 +81,25 @@ def bench_catalog(catalog: Catalog | None = None) -> Catalog:
     return dataclasses.replace(base, kpis=(*base.kpis, sessions))
 
 
+def product_catalog(
+    product: str, services: Iterable[str], catalog: Catalog | None = None
+) -> Catalog:
+    """`bench_catalog` with the shop's business KPIs (sessions, orders, revenue, conversion,
+    cart value) measured at product level for `product`, whose members are `services`.
+
+    Args:
+        product: the product (value stream).
+        services: its member services.
+        catalog: a base catalog (default: the bundled one).
+    """
+    base = bench_catalog(catalog)
+    business = {"sessions", "orders", "revenue", "conversion", "cart_value"}
+    kpis = tuple(
+        dataclasses.replace(k, level="product") if k.name in business else k for k in base.kpis
+    )
+    return dataclasses.replace(base, kpis=kpis).with_products({product: tuple(services)})
+
+
 def judge_events(
     events: Iterable[Decoded], catalog: Catalog, limits: Limits | None = None
 ) -> list[VerdictRecord]:

@@ -82,6 +82,17 @@ class ShopService:
     latency_per_minute: float  # latency observations a minute at peak
 
 
+# The product world: the shop's business KPIs (sessions, orders, revenue, conversion) at product
+# level; its member services carry only their own latency and errors, and a release of any of them
+# changes the shop's conversion by its conversion lever.
+SHOP = ShopService("shop", 6000.0, 0.035, 52.0, 4.0, 0.0, 0.0, 100.0, 0.0)
+PRODUCT_SERVICES: tuple[ShopService, ...] = (
+    ShopService("search", 6000.0, 0.035, 52.0, 4.0, 5.0, 0.002, 80.0, 40.0),
+    ShopService("cart", 2500.0, 0.035, 52.0, 4.0, 3.0, 0.003, 140.0, 36.0),
+    ShopService("checkout", 600.0, 0.035, 52.0, 4.0, 4.0, 0.004, 220.0, 30.0),
+)
+PRODUCT_KPIS = ("orders", "revenue", "conversion", "cart_value", "sessions")
+
 SERVICES: tuple[ShopService, ...] = (
     ShopService("atelier", 150.0, 0.06, 95.0, 3.0, 4.0, 0.004, 210.0, 30.0),
     ShopService("basket", 2000.0, 0.045, 58.0, 4.0, 6.0, 0.003, 160.0, 36.0),
@@ -128,6 +139,9 @@ class ShopWorld:
     services: tuple[ShopService, ...]
     releases: tuple[ShopRelease, ...]
     outages: tuple[Outage, ...]
+    # A product world: the shop's sessions, orders and revenue are measured for the product as a
+    # whole, and every member service's release moves the shop's conversion by its lever.
+    product: ShopService | None = None
 
     @property
     def minutes(self) -> int:
@@ -152,6 +166,8 @@ def plan_world(
     outages_per_day: float = 0.7,
     overlap_probability: float = 0.1,
     post_outage_probability: float = 0.12,
+    product: ShopService | None = None,
+    gap_minutes: tuple[int, int] = (180, 421),
 ) -> ShopWorld:
     """Plan a shop: releases with true effects and telemetry outages (no samples drawn yet).
 
@@ -170,6 +186,8 @@ def plan_world(
         outages_per_day: random telemetry outages per service and day (8-12 minutes each).
         overlap_probability: chance that a release comes with an overlapping second one.
         post_outage_probability: chance that an outage starts 0-50 minutes after a release.
+        product: plan a product world (`plan_product_world`).
+        gap_minutes: a service's releases are this many minutes apart (uniform, [lo, hi)).
 
     Returns:
         The planned world.
@@ -185,7 +203,7 @@ def plan_world(
                 t += 60.0 * int(rng.integers(10, 60))
                 if t < end - MAX_HORIZON:
                     rels.append((svc.name, t))
-            t += 60.0 * int(rng.integers(180, 421))
+            t += 60.0 * int(rng.integers(*gap_minutes))
     rels.sort(key=lambda r: (r[1], r[0]))
     level = {(s.name, lev): 1.0 for s in services for lev in LEVERS}
     last_bad: dict[str, str | None] = {s.name: None for s in services}
@@ -235,7 +253,14 @@ def plan_world(
             t0 = rel.time + 60.0 * int(rng.integers(0, 51))
             outages.append(Outage(rel.service, t0, t0 + 60.0 * int(rng.integers(8, 13))))
     outages.sort(key=lambda o: (o.start, o.service))
-    return ShopWorld(seed, start, days, services, tuple(planned), tuple(outages))
+    return ShopWorld(seed, start, days, services, tuple(planned), tuple(outages), product)
+
+
+def plan_product_world(seed: int, days: int = 14) -> ShopWorld:
+    """A product world: search, cart and checkout of one shop, each release moving the shop's
+    conversion (its conversion lever), their latency and errors their own."""
+    # Each service releases every 6-15 hours: the shop sees a release every ~3.5 hours.
+    return plan_world(seed, days, services=PRODUCT_SERVICES, product=SHOP, gap_minutes=(360, 901))
 
 
 # --------------------------------------------------------------------------- rate model
@@ -274,7 +299,12 @@ def surge_bump(times: FloatArray) -> FloatArray:
 
 def _levers(world: ShopWorld, service: str, times: FloatArray) -> dict[str, FloatArray]:
     out = {lev: np.ones(len(times)) for lev in LEVERS}
+    shop = world.product is not None and service == world.product.name
     for rel in world.releases:
+        if shop:  # every member service's release moves the shop's conversion
+            on = times >= rel.time
+            out["conversion"][on] *= 1.0 + rel.effects.get("conversion", 0.0)
+            continue
         if rel.service != service:
             continue
         on = times >= rel.time
@@ -300,7 +330,8 @@ def rates(
     Returns:
         Per-minute rates.
     """
-    svc = next(s for s in world.services if s.name == service)
+    everyone = (*world.services, *((world.product,) if world.product is not None else ()))
+    svc = next(s for s in everyone if s.name == service)
     times = np.arange(t0, t1, 60.0, dtype=np.float64)
     hours = (times % DAY) / 3600.0
     shape = _diurnal(hours)
@@ -404,6 +435,8 @@ def generate(world: ShopWorld) -> list[Release | KpiSample]:
         )
     sample = KpiSample
     lab = _NO_LABELS
+    if world.product is not None:
+        _generate_product(world, world.product, per_minute)
     for s_i, svc in enumerate(world.services):
         rng = np.random.default_rng([world.seed, 202, s_i])
         r = rates(world, svc.name, world.start, world.end)
@@ -424,17 +457,40 @@ def generate(world: ShopWorld) -> list[Release | KpiSample]:
                 continue
             t, o = ts[m], orders[m]
             add = per_minute[m].append
-            add(sample(name, "sessions", t, ses[m], ses[m], lab))
-            add(sample(name, "orders", t, o, o, lab))
-            add(sample(name, "revenue", t, rev[m], o, lab))
-            if o > 0:
-                add(sample(name, "cart_value", t, rev[m], o, lab))
+            if world.product is None:
+                add(sample(name, "sessions", t, ses[m], ses[m], lab))
+                add(sample(name, "orders", t, o, o, lab))
+                add(sample(name, "revenue", t, rev[m], o, lab))
+                if o > 0:
+                    add(sample(name, "cart_value", t, rev[m], o, lab))
             add(sample(name, "requests", t, req[m], req[m], lab))
             add(sample(name, "errors", t, err[m], err[m], lab))
             for v in lat[lo:hi]:
                 add(sample(name, "latency_ms", t, v, 1.0, lab))
             lo = hi
     return [ev for minute in per_minute for ev in minute]
+
+
+def _generate_product(
+    world: ShopWorld, shop: ShopService, per_minute: list[list[Release | KpiSample]]
+) -> None:
+    """The shop's own samples (sessions, orders, revenue, cart value), with ``product`` set, sent
+    by the shop's front end (service = the product's name), every minute (no outages)."""
+    rng = np.random.default_rng([world.seed, 303])
+    r = rates(world, shop.name, world.start, world.end)
+    d = draw(rng, r)
+    ts = r.times.tolist()
+    ses, orders = d.sessions.astype(float).tolist(), d.orders.astype(float).tolist()
+    rev = d.revenue.tolist()
+    name = shop.name
+    for m in range(world.minutes):
+        t, o = ts[m], orders[m]
+        add = per_minute[m].append
+        add(KpiSample(name, "sessions", t, ses[m], ses[m], _NO_LABELS, None, name))
+        add(KpiSample(name, "orders", t, o, o, _NO_LABELS, None, name))
+        add(KpiSample(name, "revenue", t, rev[m], o, _NO_LABELS, None, name))
+        if o > 0:
+            add(KpiSample(name, "cart_value", t, rev[m], o, _NO_LABELS, None, name))
 
 
 # --------------------------------------------------------------------------- oracle
@@ -528,6 +584,8 @@ def truth(world: ShopWorld) -> list[Truth]:
     by_service: dict[str, list[ShopRelease]] = {}
     for rel in world.releases:
         by_service.setdefault(rel.service, []).append(rel)
+    if world.product is not None:
+        out.extend(_product_truth(world, world.product))
     for rel in world.releases:
         mine = by_service[rel.service]
         later = [x.time for x in mine if x.time > rel.time]
@@ -542,6 +600,8 @@ def truth(world: ShopWorld) -> list[Truth]:
         bump = surge_bump(np.arange(rel.time - 3600.0, alone_end, 60.0))
         low = float((r.sessions[:60] * r.conversion[:60]).mean()) < LOW_ORDERS
         for kpi, direction in KPIS.items():
+            if world.product is not None and kpi in PRODUCT_KPIS:
+                continue  # judged at product level (`_product_truth`)
             lever = LEVER_OF_KPI.get(kpi)
             e = rel.effects.get(lever, 0.0) if lever else 0.0
             out.append(
@@ -559,6 +619,50 @@ def truth(world: ShopWorld) -> list[Truth]:
                     overlaps=overlaps,
                     surge=bool(bump.max() > 0),
                     gap=bool(gone.any()),
+                    low_traffic=low,
+                )
+            )
+    return out
+
+
+def _product_truth(world: ShopWorld, shop: ShopService) -> list[Truth]:
+    """Oracle truth of every release on the shop's product-level KPIs.
+
+    The releases of all member services are one sequence here: a release is alone until the next
+    release of any member service, and overlaps every member release within OVERLAP_SECONDS. The
+    shop's conversion moves by the release's conversion lever (so do orders and revenue; cart
+    value and sessions do not move).
+    """
+    out: list[Truth] = []
+    rels = world.releases
+    for rel in rels:
+        later = [x.time for x in rels if x.time > rel.time]
+        alone_end = min([rel.time + MAX_HORIZON, *later[:1]])
+        overlaps = tuple(
+            x.id for x in rels if x.id != rel.id and abs(x.time - rel.time) < OVERLAP_SECONDS
+        )
+        r = rates(world, shop.name, rel.time, alone_end)
+        variances = log_variances(r)
+        bump = surge_bump(np.arange(rel.time - 3600.0, alone_end, 60.0))
+        low = float((r.sessions[:60] * r.conversion[:60]).mean()) < LOW_ORDERS
+        for kpi in PRODUCT_KPIS:
+            lever = LEVER_OF_KPI.get(kpi)
+            e = rel.effects.get(lever, 0.0) if lever else 0.0
+            out.append(
+                Truth(
+                    world="shop",
+                    seed=world.seed,
+                    release_id=rel.id,
+                    service=rel.service,
+                    time=rel.time,
+                    kpi=kpi,
+                    direction=KPIS[kpi],
+                    effect=float(e),
+                    alone_end=alone_end,
+                    se=math.sqrt(variances[kpi]),
+                    overlaps=overlaps,
+                    surge=bool(bump.max() > 0),
+                    gap=False,
                     low_traffic=low,
                 )
             )

@@ -40,9 +40,10 @@ def test_emit_is_accepted_and_bad_messages_are_dead_lettered(
     }
     ensured = _cli(kafka_bootstrap, env, "topics", "ensure")
     assert ensured.returncode == 0, ensured.stderr
-    assert ensured.stdout.count("created") == 8  # five inputs (OTLP); impact, dead-letter, ledger
+    # five inputs (OTLP); impact, dead-letter, ledger; releases forwarded to products
+    assert ensured.stdout.count("created") == 9
     again = _cli(kafka_bootstrap, env, "topics", "ensure")
-    assert again.returncode == 0 and again.stdout.count("exists") == 8
+    assert again.returncode == 0 and again.stdout.count("exists") == 9
 
     worker = start_worker(kafka_bootstrap, env, tmp_path)
     try:

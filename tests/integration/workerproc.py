@@ -26,6 +26,7 @@ def topic_env(prefix: str) -> dict[str, str]:
         "deadletter",
         "ledger",
         "otlp",
+        "product_releases",
     )
     return {f"VALUELOOP_TOPIC_{r.upper()}": f"{prefix}.{r}" for r in roles}
 

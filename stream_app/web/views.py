@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from stream_app.core.catalog import product_key
 from stream_app.core.dora import DoraReport
 from stream_app.core.flow import Distribution, FlowReport
 from stream_app.core.impact import KpiWindows
-from stream_app.core.types import KpiJudgement, VerdictRecord, WindowData
+from stream_app.core.types import KpiJudgement, KpiSpec, VerdictRecord, WindowData
 from stream_app.events.model import Release
 from stream_app.pipeline import Pipeline
 
@@ -132,10 +133,11 @@ def judgement(j: KpiJudgement) -> Json:
     }
 
 
-def _release(r: Release) -> Json:
+def _release(r: Release, product: str | None = None) -> Json:
     return {
         "id": r.id,
         "service": r.service,
+        "product": product if product is not None else r.service,
         "version": r.version,
         "time": r.time,
         "kind": r.kind,
@@ -151,20 +153,54 @@ def overall(verdicts: list[str]) -> str | None:
     return ranked[0] if ranked else None
 
 
+ReleaseState = tuple[Release, bool, dict[str, VerdictRecord], dict[str, str]]
+
+
+def release_states(pipeline: Pipeline) -> list[ReleaseState]:
+    """Every release held, oldest first, once: its service's and its product's states merged
+    (finalized when both are; final and interim verdicts of both levels' KPIs)."""
+    merged: dict[str, ReleaseState] = {}
+    for rel, finalized, finals, interims in pipeline.engine.release_states():
+        got = merged.get(rel.id)
+        if got is None:
+            merged[rel.id] = (rel, finalized, dict(finals), dict(interims))
+        else:
+            merged[rel.id] = (
+                got[0],
+                got[1] and finalized,
+                {**got[2], **finals},
+                {**got[3], **interims},
+            )
+    return sorted(merged.values(), key=lambda x: (x[0].time, x[0].id))
+
+
+def kpis_of(pipeline: Pipeline, service: str) -> tuple[KpiSpec, ...]:
+    """The KPIs a release of `service` is judged on: its own, then its product's."""
+    cat = pipeline.catalog
+    own = cat.for_service(service)
+    if not cat.has_product_kpis():
+        return own
+    return own + cat.for_service(product_key(cat.product_of(service)))
+
+
 def releases_view(pipeline: Pipeline, now: float | None = None, limit: int = 200) -> Json:
-    """Recent releases per service (newest last), with each KPI's verdict.
+    """Recent releases per service (newest last), with each KPI's verdict, and the services of
+    each product (value stream).
 
     A KPI shows its final verdict once there is one (latest revision), else its latest interim
     verdict (``phase`` says which). ``limit`` keeps the newest releases of each service.
     """
     t = _page(pipeline, now)
     services: dict[str, list[Json]] = {}
+    products: dict[str, set[str]] = {}
     kpis: dict[str, None] = {}
-    for rel, finalized, finals, interims in pipeline.engine.release_states():
+    for rel, finalized, finals, interims in release_states(pipeline):
         if t is not None and rel.time > t:
             continue
         verdicts: dict[str, Json] = {}
-        for spec in pipeline.catalog.for_service(rel.service):
+        product = pipeline.catalog.product_of(rel.service)
+        products.setdefault(product, set()).add(rel.service)
+        for spec in kpis_of(pipeline, rel.service):
             kpis[spec.name] = None
             rec = finals.get(spec.name)
             if rec is not None:
@@ -178,7 +214,7 @@ def releases_view(pipeline: Pipeline, now: float | None = None, limit: int = 200
                 verdicts[spec.name] = {"verdict": interims[spec.name], "phase": "interim"}
         services.setdefault(rel.service, []).append(
             {
-                **_release(rel),
+                **_release(rel, product),
                 "finalized": finalized,
                 "verdicts": verdicts,
                 "overall": overall([v["verdict"] for v in verdicts.values()]),
@@ -188,6 +224,7 @@ def releases_view(pipeline: Pipeline, now: float | None = None, limit: int = 200
         "now": t,
         "kpis": list(kpis),
         "services": {s: rs[-limit:] for s, rs in sorted(services.items())},
+        "products": {p: sorted(ss) for p, ss in sorted(products.items())},
     }
 
 
@@ -242,14 +279,15 @@ def _kpi_chart(kw: KpiWindows, rec: VerdictRecord | None, interim: str | None) -
 
 def release_view(pipeline: Pipeline, release_id: str) -> Json | None:
     """One release with, per KPI, its baseline and post series, reference and verdict."""
-    for rel, finalized, finals, interims in pipeline.engine.release_states():
+    for rel, finalized, finals, interims in release_states(pipeline):
         if rel.id != release_id:
             continue
         charts = [
             _kpi_chart(kw, finals.get(kw.spec.name), interims.get(kw.spec.name))
             for kw in pipeline.engine.release_windows(release_id)
         ]
-        return {**_release(rel), "finalized": finalized, "kpis": charts}
+        product = pipeline.catalog.product_of(rel.service)
+        return {**_release(rel, product), "finalized": finalized, "kpis": charts}
     return None
 
 

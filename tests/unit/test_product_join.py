@@ -175,3 +175,25 @@ def test_verdict_series_carry_product_service_and_kpi() -> None:
         )
         == 1.0
     )
+
+
+def test_the_releases_page_lists_each_release_once_per_product_with_both_levels() -> None:
+    from stream_app.web import views
+
+    a, b = T0 + 60 * MIN, T0 + 75 * MIN
+    p = pipeline(False)
+    for ev in [rel("cart", a), rel("checkout", b), *traffic(T0 + 150 * MIN, {a: 0.1})]:
+        p.handle(ev)
+    p.close_input()
+    view = views.releases_view(p)
+    assert view["products"] == {"shop": ["cart", "checkout"]}
+    assert set(view["kpis"]) == {"latency_p95", "conversion"}
+    cart = view["services"]["cart"]
+    assert len(cart) == 1 and cart[0]["product"] == "shop" and cart[0]["finalized"]
+    assert cart[0]["verdicts"]["conversion"]["verdict"] == "confounded"
+    assert cart[0]["verdicts"]["conversion"]["confounders"] == [f"checkout@{b:g}"]
+    assert cart[0]["verdicts"]["latency_p95"]["verdict"] == "neutral"
+    detail = views.release_view(p, f"cart@{a:g}")
+    assert detail is not None and detail["product"] == "shop"
+    assert sorted(c["kpi"] for c in detail["kpis"]) == ["conversion", "latency_p95"]
+    assert {c["kpi"]: c["verdict"]["verdict"] for c in detail["kpis"]}["conversion"] == "confounded"

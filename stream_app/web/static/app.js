@@ -334,9 +334,19 @@
     const body = h("tbody", {});
     const rows = [];
     for (const svc of services) for (const r of data.services[svc]) rows.push(r);
-    rows.sort((a, b) => b.time - a.time || a.service.localeCompare(b.service));
+    // Per product (value stream): its member services' releases together, newest first.
+    const products = data.products || {};
+    const grouped = Object.entries(products).some(([p, svcs]) => svcs.length > 1 || svcs[0] !== p);
+    const productOf = (r) => r.product || r.service;
+    rows.sort((a, b) => (grouped ? productOf(a).localeCompare(productOf(b)) : 0) || b.time - a.time || a.service.localeCompare(b.service));
+    let current = null;
     for (const r of rows) {
-      const tr = h("tr", { class: "release-row" + (r.id === state.release ? " selected" : ""), "data-release-id": r.id, "data-service": r.service, "data-version": r.version, "data-verdict": r.overall || "", onclick: () => selectRelease(r.id) });
+      if (grouped && productOf(r) !== current) {
+        current = productOf(r);
+        const members = (products[current] || [r.service]).join(", ");
+        body.appendChild(h("tr", { class: "product-row", "data-product": current }, h("th", { colspan: String(5 + data.kpis.length) }, `${current}`, h("span", { class: "note" }, ` · ${members}`))));
+      }
+      const tr = h("tr", { class: "release-row" + (r.id === state.release ? " selected" : ""), "data-release-id": r.id, "data-service": r.service, "data-product": productOf(r), "data-version": r.version, "data-verdict": r.overall || "", onclick: () => selectRelease(r.id) });
       tr.appendChild(h("td", {}, r.service));
       tr.appendChild(h("td", {}, r.version, Object.keys(r.scope).length ? h("span", { class: "note" }, " " + Object.entries(r.scope).map(([k, v]) => `${k}=${v}`).join(",")) : null));
       tr.appendChild(h("td", {}, when(r.time)));

@@ -679,11 +679,23 @@ def demo(
         typer.Option("--keep-running", help="After the summary, keep the stack up until Ctrl-C."),
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the verdicts.")] = 900.0,
+    products: Annotated[
+        bool,
+        typer.Option(
+            "--products",
+            help="Judge every release on the shop's orders, revenue, conversion and cart value "
+            "(product-level KPIs of one shop) and on its own latency and errors.",
+        ),
+    ] = False,
 ) -> None:
     """The whole stack on this machine: broker, worker, Prometheus, a simulated shop, a summary."""
     from stream_app.demo import run_demo
 
-    raise typer.Exit(run_demo(settings(), seed=seed, keep_running=keep_running, timeout=timeout))
+    raise typer.Exit(
+        run_demo(
+            settings(), seed=seed, keep_running=keep_running, timeout=timeout, products=products
+        )
+    )
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -180,6 +181,39 @@ def _cleanup_on_signals() -> Callable[[], None]:
     return restore
 
 
+SHOP = "shop"
+# The demo's business streams; with --products they are measured for the shop as a whole.
+SHOP_STREAMS = frozenset({"orders", "sessions", "revenue", "cart_value"})
+SHOP_KPIS = frozenset({"orders", "revenue", "conversion", "cart_value"})
+
+
+def shop_catalog_text(base: str) -> str:
+    """The bundled catalog's text with the shop's business KPIs declared at product level."""
+    out: list[str] = []
+    for line in base.splitlines():
+        out.append(line)
+        name = line.split("=", 1)[1].strip().strip('"') if line.startswith("name =") else None
+        if name in SHOP_KPIS:
+            out.append('level = "product"')
+    return "\n".join(out) + "\n"
+
+
+def shop_valuestream_text(base: str, services: list[str]) -> str:
+    """The bundled value-stream definition with one product, the shop, of `services`."""
+    members = ", ".join(f'"{s}"' for s in services)
+    return base.replace("[value_streams]\n", f"[value_streams]\n{SHOP} = [{members}]\n", 1)
+
+
+def as_shop_event(ev: Any) -> Any:
+    """A simulated event as the shop measures it: business samples are the shop's (product
+    "shop", keyed by it); releases, latency and errors stay their service's."""
+    from stream_app.events.model import KpiSample
+
+    if type(ev) is KpiSample and ev.kpi in SHOP_STREAMS:
+        return dataclasses.replace(ev, product=SHOP)
+    return ev
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -187,8 +221,13 @@ def run_demo(
     keep_running: bool = False,
     timeout: float = 900.0,
     console: Console | None = None,
+    products: bool = False,
 ) -> int:
-    """Run the whole demo; returns the process exit code. Cleans up on return and on Ctrl-C."""
+    """Run the whole demo; returns the process exit code. Cleans up on return and on Ctrl-C.
+
+    With `products`, the shop's orders, revenue, conversion and cart value are product-level
+    KPIs: every service's release is judged on the shop's (and on its own latency and errors).
+    """
     from stream_app import codec, simulate
     from stream_app.broker import start_broker, stop_broker
     from stream_app.producer import Sender, ensure_topics
@@ -209,6 +248,7 @@ def run_demo(
         if settings.kafka_bootstrap_servers:
             prefix = f"demo-{run_id}."
             names = {f"topic_{r}": prefix + n for r, n in settings.topic_names().items()}
+            names["topic_product_releases"] = prefix + settings.topic_product_releases
             s = settings.model_copy(update={**names, "app_id": f"valueloop-demo-{run_id}"})
             con.print(f"[bold]Kafka[/] {s.kafka_bootstrap_servers} (configured), topics {prefix}*")
         else:
@@ -234,6 +274,17 @@ def run_demo(
             },
         }
         wenv["VALUELOOP_DATA_DIR"] = str(workdir)
+        sc = simulate.demo_scenario(seed)
+        if products:
+            data = Path(__file__).parent / "data"
+            kpis = workdir / "kpis-shop.toml"
+            kpis.write_text(shop_catalog_text((data / "kpis.toml").read_text()))
+            vs = workdir / "valuestream-shop.toml"
+            names_ = [svc.name for svc in sc.services]
+            vs.write_text(shop_valuestream_text((data / "valuestream.toml").read_text(), names_))
+            wenv["VALUELOOP_KPIS_FILE"] = str(kpis)
+            wenv["VALUELOOP_VALUESTREAM_FILE"] = str(vs)
+            con.print(f"[bold]Products[/] {SHOP} = {', '.join(names_)}: business KPIs per shop")
         wlog = workdir / "worker.log"
         worker = procs.start("worker", [sys.executable, "-m", "stream_app", "worker"], wlog, wenv)
         metrics_url = f"http://127.0.0.1:{port}"
@@ -244,8 +295,12 @@ def run_demo(
         prom_url = start_prometheus(procs, workdir, port, env, con)
 
         # 4. Simulator -> Kafka, with live progress
-        sc = simulate.demo_scenario(seed)
-        truth = {(t.release_id, t.kpi): t for t in simulate.ground_truth(sc)}
+        truth = {
+            (t.release_id, t.kpi): t
+            for t in simulate.ground_truth(sc)
+            # A service's true effect on its own orders is not the shop's (diluted by its share).
+            if not (products and t.kpi in SHOP_KPIS)
+        }
         labels = {r.id: p.label for r, p in zip(simulate.releases(sc), sc.releases, strict=True)}
         collector = VerdictCollector(s)
         collector.start()
@@ -287,6 +342,8 @@ def run_demo(
                     wait_consumed(metrics_url, sent, timeout, live, progress)
                     if prom_url:
                         fired = wait_for_page(prom_url, {b.service for b in bad}, live, progress)
+                if products:
+                    ev = as_shop_event(ev)
                 role = codec.role_of(ev)
                 sender.send(topics[role], codec.encode(ev), codec.key_of(ev))
                 sent += 1
@@ -443,6 +500,7 @@ def print_summary(
     }
     t = Table(title="Release verdicts (final)")
     for col in (
+        "product",
         "service",
         "version",
         "planned",
@@ -458,6 +516,7 @@ def print_summary(
         ci = f"[{_fmt(v.get('ci_low'))}, {_fmt(v.get('ci_high'))}]"
         verdict = v["verdict"]
         t.add_row(
+            v.get("product") or v["service"],
             v["service"],
             v["version"],
             labels.get(rid, ""),

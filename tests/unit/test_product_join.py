@@ -197,3 +197,25 @@ def test_the_releases_page_lists_each_release_once_per_product_with_both_levels(
     assert detail is not None and detail["product"] == "shop"
     assert sorted(c["kpi"] for c in detail["kpis"]) == ["conversion", "latency_p95"]
     assert {c["kpi"]: c["verdict"]["verdict"] for c in detail["kpis"]}["conversion"] == "confounded"
+
+
+def test_the_demo_measures_the_shops_business_kpis_per_product() -> None:
+    from pathlib import Path
+
+    from stream_app import codec, demo, simulate
+    from stream_app.core.catalog import parse_catalog
+    from stream_app.core.valuestream import parse_valuestream
+
+    data = Path(demo.__file__).parent / "data"
+    cat = parse_catalog(demo.shop_catalog_text((data / "kpis.toml").read_text()))
+    assert {k.name for k in cat.kpis if k.level == "product"} == set(demo.SHOP_KPIS)
+    sc = simulate.demo_scenario(7)
+    names = [s.name for s in sc.services]
+    base = (data / "valuestream.toml").read_text()
+    vs = parse_valuestream(demo.shop_valuestream_text(base, names))
+    assert vs.value_streams == {"shop": tuple(names)}
+    orders = KpiSample("search", "orders", T0, 3.0, 3.0)
+    shop = demo.as_shop_event(orders)
+    assert shop.product == "shop" and codec.key_of(shop) == b"shop"
+    latency = KpiSample("search", "latency_ms", T0, 80.0)
+    assert demo.as_shop_event(latency) is latency and codec.key_of(latency) == b"search"

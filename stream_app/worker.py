@@ -19,8 +19,8 @@ from stream_app.agents.otlp import register_otlp
 from stream_app.agents.progress import InputProgress
 from stream_app.agents.state import ServiceStateTable
 from stream_app.app import App, build_app
-from stream_app.codec import Decoded, Release
-from stream_app.core.catalog import load_catalog
+from stream_app.codec import Decoded, KpiSample, Release
+from stream_app.core.catalog import load_catalog, product_name
 from stream_app.core.ledger import load_features
 from stream_app.core.valuestream import load_valuestream
 from stream_app.metrics import CONTENT_TYPE_LATEST, Metrics, add_process_collectors
@@ -98,8 +98,27 @@ def build_worker_app(
     forwarded = settings.topic_product_releases if products else None
     if forwarded is not None:
         checkpointed.add(forwarded)
+
+    def wrong_key(event: Decoded, key: bytes | None) -> str | None:
+        # A product's state lives on the partition of its product's key: a product-level sample
+        # keyed otherwise would start a second state of the product on another partition.
+        if type(event) is not KpiSample:
+            return None
+        product = product_name(pipeline.key_of(event))
+        if product is None or key == product.encode():
+            return None
+        return f"a sample of product {product!r} (product-level stream) must be keyed by it"
+
     checkpoint = Checkpoint()
-    register_intake(app, settings, metrics, handle, checkpoint, forward_releases=products)
+    register_intake(
+        app,
+        settings,
+        metrics,
+        handle,
+        checkpoint,
+        forward_releases=products,
+        wrong_key=wrong_key if products else None,
+    )
     assert checkpoint.deadletters is not None  # register_intake made them
     register_otlp(app, settings, metrics, catalog, checkpoint.deadletters)
     inputs = ("deployments", "telemetry", "workflow", "incidents")

@@ -188,6 +188,9 @@ class BatchRunner:
     max_bytes: int
     untrack: Callable[[Any], None] = lambda _msg: None
     forward: Callable[[str, bytes], None] | None = None  # (product, release bytes)
+    # Why an event's Kafka key puts it on the wrong partition (a product-level sample not keyed
+    # by its product), or None.
+    wrong_key: Callable[[Decoded, bytes | None], str | None] | None = None
     # Metric labels of topics whose role is not their label (forwarded releases).
     labels: Mapping[str, str] = field(default_factory=dict)
 
@@ -222,6 +225,8 @@ class BatchRunner:
             )
             if isinstance(decoded, Rejected):
                 reason, detail = decoded.reason, decoded.detail
+            elif self.wrong_key is not None and (why := self.wrong_key(decoded, msg.key)):
+                reason, detail = "wrong-key", why
             else:
                 step = self.handle(decoded, msg.topic, msg.partition, msg.offset)
                 if step is None:
@@ -264,6 +269,7 @@ def register_intake(
     handle: Handler,
     checkpoint: Checkpoint,
     forward_releases: bool = False,
+    wrong_key: Callable[[Decoded, bytes | None], str | None] | None = None,
 ) -> None:
     """Register the input agents: decode -> core (`handle`) -> emit verdicts / dead letters."""
     names = settings.topic_names()
@@ -301,6 +307,7 @@ def register_intake(
         max_bytes=settings.max_message_bytes,
         untrack=untrack,
         forward=forwarder.send if forwarder is not None else None,
+        wrong_key=wrong_key,
         labels={settings.topic_product_releases: "product-releases"},
     )
 

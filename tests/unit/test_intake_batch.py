@@ -167,3 +167,35 @@ def test_the_message_key_names_the_service_of_an_event_that_names_none() -> None
     ev.message.key, ev.message.value = b"shop", orjson.dumps(run_finished)
     run([ev], {TP("workflow", 0)}, generation=1)
     assert services == ["shop"]
+
+
+def test_releases_are_forwarded_and_wrongly_keyed_events_dead_lettered() -> None:
+    from dataclasses import replace
+
+    from stream_app.codec import Release, decode
+
+    rel = Release("r1", "cart", "1.0", T0, "deployed")
+    forwarded: list[tuple[str, bytes]] = []
+    dead: list[DeadLetter] = []
+
+    def handle(ev: Decoded, topic: str, partition: int, offset: int) -> Step:
+        return Step([], "accepted", ev.service, forward=("shop",) if offset == 0 else ())
+
+    run = replace(
+        runner(Recorder(), Metrics(), [], dead),
+        handle=handle,
+        forward=lambda product, value: forwarded.append((product, value)),
+        wrong_key=lambda ev, key: "keyed wrong" if key == b"bad" else None,
+    )
+    first, second = event(0, 1, value=encode(rel)), event(1, 1)
+    first.message.topic = second.message.topic = TOPIC
+    run.role_of_topic = {TOPIC: "deployments"}
+    second.message.value = encode(rel)
+    second.message.key = b"bad"
+    run(
+        [first, second],
+        {TP(TOPIC, 0)},
+        generation=1,
+    )
+    assert [(p, decode("deployments", v)) for p, v in forwarded] == [("shop", rel)]
+    assert [dict(h)["valueloop.reason"] for _, _, h in dead] == [b"wrong-key"]

@@ -187,14 +187,19 @@ SHOP_STREAMS = frozenset({"orders", "sessions", "revenue", "cart_value"})
 SHOP_KPIS = frozenset({"orders", "revenue", "conversion", "cart_value"})
 
 
-def shop_catalog_text(base: str) -> str:
-    """The bundled catalog's text with the shop's business KPIs declared at product level."""
+def shop_catalog_text(base: str, overlap: str = "30m") -> str:
+    """The bundled catalog's text with the shop's business KPIs declared at product level.
+
+    The demo's services release about hourly: with the default hour of `overlap`, every release
+    would confound its neighbours on the shop's KPIs; half an hour apart they are told apart.
+    """
     out: list[str] = []
     for line in base.splitlines():
         out.append(line)
         name = line.split("=", 1)[1].strip().strip('"') if line.startswith("name =") else None
         if name in SHOP_KPIS:
             out.append('level = "product"')
+            out.append(f'overlap = "{overlap}"')
     return "\n".join(out) + "\n"
 
 

@@ -219,3 +219,23 @@ def test_the_demo_measures_the_shops_business_kpis_per_product() -> None:
     assert shop.product == "shop" and codec.key_of(shop) == b"shop"
     latency = KpiSample("search", "latency_ms", T0, 80.0)
     assert demo.as_shop_event(latency) is latency and codec.key_of(latency) == b"search"
+
+
+def test_a_scoped_release_is_judged_on_its_scope_of_the_product_with_the_rest_as_control() -> None:
+    t = T0 + 60 * MIN
+    eu = Release("cart-eu", "cart", "1.1", t, "deployed", scope={"region": "eu"})
+    samples: list[KpiSample] = []
+    for m in range(120):
+        ts = T0 + m * MIN
+        for region in ("eu", "us"):
+            lift = 1.2 if region == "eu" and ts >= t else 1.0
+            labels = {"region": region}
+            samples.append(KpiSample("web", "sessions", ts, 500.0, 500.0, labels, product="shop"))
+            samples.append(
+                KpiSample("web", "orders", ts, 25.0 * lift, 25.0, labels, product="shop")
+            )
+    got = run([eu, *samples])
+    rec = got[("cart-eu", "conversion")]
+    assert rec.extra.get("scope") == "region=eu"
+    assert rec.judgement.reference == "control"  # the rest of the shop's traffic
+    assert rec.judgement.verdict == "improved" and rec.product == "shop"

@@ -29,7 +29,11 @@ TABLE_NAME = (
     "impact-state"  # permanent: it names the changelog topic <app_id>-impact-state-changelog
 )
 SNAPSHOT_MAX_BYTES = 16 * 1024 * 1024
-_ENVELOPE = b"VLS1"  # envelope: magic, u32 meta length, meta (json), engine snapshot
+# Envelope: magic, u32 meta length, meta (json), service snapshot. Its own magic: the impact
+# engine's bare snapshots (the table's oldest values) begin with b"VLS1", as envelopes once did.
+_ENVELOPE = b"VLE1"
+_OLD_ENVELOPE = b"VLS1"
+_META_START = b'{"partition":'
 
 Offsets = dict[tuple[str, int], int]
 
@@ -43,12 +47,23 @@ def wrap(partition: int, offsets: Offsets, engine_snapshot: bytes) -> bytes:
 
 
 def unwrap(value: bytes) -> tuple[int | None, Offsets, bytes]:
-    """(partition, offsets, engine snapshot) of a table value (older bare snapshots: no offsets)."""
-    if not value.startswith(_ENVELOPE):
+    """(partition, offsets, service snapshot) of a table value (older bare snapshots: no offsets).
+
+    Reads both envelope magics; a value under the old one whose meta is not an envelope's is a
+    bare engine snapshot (same magic), returned whole.
+    """
+    if not value.startswith((_ENVELOPE, _OLD_ENVELOPE)):
+        return None, {}, value
+    start = len(_ENVELOPE) + 4
+    if len(value) < start:
         return None, {}, value
     (n,) = struct.unpack_from("<I", value, len(_ENVELOPE))
-    start = len(_ENVELOPE) + 4
-    meta = orjson.loads(value[start : start + n])
+    raw = value[start : start + n]
+    if value.startswith(_OLD_ENVELOPE) and not (
+        start + n <= len(value) and raw.startswith(_META_START) and raw.endswith(b"}")
+    ):
+        return None, {}, value
+    meta = orjson.loads(raw)
     offsets = {(str(t), int(p)): int(o) for t, p, o in meta.get("offsets", [])}
     return meta.get("partition"), offsets, value[start + n :]
 

@@ -1,6 +1,8 @@
-"""Engine state in a changelog-backed faust table, checkpointed together with the input offsets.
+"""Service state in a changelog-backed faust table, checkpointed together with the input offsets.
 
-Exactly-once effect on the impact engine (buckets, releases, verdicts) without Kafka transactions:
+A service's value holds its impact engine state (buckets, releases, verdicts), its admission, and
+its part of the flow, DORA and ledger state (`Pipeline.snapshot_service`). Exactly-once effect on
+all of it without Kafka transactions:
 
 - Each service's snapshot carries the input offsets (topic, partition -> last offset) whose effects
   it contains. An event at or below its service's recorded offset is a replay after a crash or a
@@ -183,12 +185,13 @@ class ServiceStateTable:
         """
         self._last_flush = time.monotonic()
         engine = self.pipeline.engine
-        changed = engine.dirty_services() | self._touched
-        known = set(engine.services())
+        # A service's snapshot holds its engine state and its part of the flow, DORA and ledger
+        # state: all written here, with the input offsets whose effects they hold.
+        changed = engine.dirty_services() | self._touched | self.pipeline.dirty_services()
         n = 0
         for service in sorted(changed):
             partition = self.partition_of.get(service)
-            if partition is None or service not in known:
+            if partition is None:
                 continue
             key = service.encode()
             snap = self.pipeline.snapshot_service(service)  # engine and guard state
@@ -201,6 +204,7 @@ class ServiceStateTable:
             if self.on_snapshot is not None:
                 self.on_snapshot(service)
         engine.clear_dirty()
+        self.pipeline.clear_dirty()
         self._touched.clear()
         return n
 

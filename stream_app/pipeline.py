@@ -345,7 +345,12 @@ class Pipeline:
         self._ledger_dirty.clear()
 
     def _ledger_snapshot(self, service: str) -> bytes:
-        items = sorted(k for k in self._observed_items if self.flow.item_service(*k) == service)
+        stream = self.flow.defn.stream_of(service)
+        items = sorted(
+            k
+            for k in self._observed_items
+            if k[0] == stream and self.flow.item_service(*k) == service
+        )
         doc: dict[str, Any] = {
             "v": LEDGER_STATE_VERSION,
             "rel": {rid: list(f) for rid, f in self._rel.items() if f[0] == service},

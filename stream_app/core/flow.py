@@ -435,6 +435,10 @@ class FlowTracker:
         def mine(service: str) -> bool:
             return services is None or service in services
 
+        # A service's items and waiting events are in its own value stream.
+        streams = (
+            set(self._items) if services is None else {self.defn.stream_of(s) for s in services}
+        )
         items = [
             [
                 it.stream,
@@ -449,8 +453,8 @@ class FlowTracker:
                 it.counted,
                 it.service,
             ]
-            for stream in self._items.values()
-            for it in stream.values()
+            for stream in sorted(streams)
+            for it in self._items.get(stream, {}).values()
             if mine(it.service)
         ]
         releases = {k: list(v) for k, v in self._releases.items() if mine(v[2])}

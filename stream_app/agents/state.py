@@ -136,7 +136,7 @@ class ServiceStateTable:
         return offset <= self.applied.get(service, {}).get((topic, partition), -1)
 
     def before(self, service: str, partition: int) -> None:
-        """Restore `service`'s state on first sight (inputs whose effects are not checkpointed)."""
+        """Restore `service`'s state on first sight (for input not checkpointed by offset)."""
         if service not in self.loaded:
             self._load(service, partition)
 
@@ -194,7 +194,7 @@ class ServiceStateTable:
             if partition is None:
                 continue
             key = service.encode()
-            snap = self.pipeline.snapshot_service(service)  # engine and guard state
+            snap = self.pipeline.snapshot_service(service)
             value = wrap(partition, self.applied.get(service, {}), snap)
             self.table.data[key] = value
             self.table.send_changelog(

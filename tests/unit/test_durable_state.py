@@ -192,3 +192,22 @@ def test_dora_parts_per_service_merge_into_the_whole(events: list[Decoded], whol
         merged.restore_state(dora.snapshot_state((s,)), merge=True)
     assert merged.report(now, 7 * 86400.0) == dora.report(now, 7 * 86400.0)
     assert merged.change_lead_times(now) == dora.change_lead_times(now)
+
+
+def test_services_moved_to_two_workers_report_together_what_one_reported(
+    events: list[Decoded], whole: Run
+) -> None:
+    # A rebalance splits the services over two workers: each restores the services of its
+    # partitions, and together they report what the single worker did.
+    names = services(events)
+    mine = {names[0], names[2]}
+    a, b = pipeline(), pipeline()
+    for s in names:
+        (a if s in mine else b).restore_service(s, whole.p.snapshot_service(s))
+    ref = whole.p.report()
+    ra, rb = a.report(), b.report()
+    assert ref is not None and ra is not None and rb is not None
+    assert ra.now == rb.now == ref.now
+    assert {**ra.dora, **rb.dora} == ref.dora and set(ra.dora) == mine
+    assert {**ra.flow, **rb.flow} == ref.flow
+    assert sorted(ra.ledger + rb.ledger, key=repr) == sorted(ref.ledger, key=repr)

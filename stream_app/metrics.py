@@ -379,6 +379,11 @@ class Metrics:
         self._current_release: dict[tuple[str, str], str] = {}
         self._release_times: dict[tuple[str, str], float] = {}
 
+    @property
+    def report_names(self) -> frozenset[str]:
+        """Names of the series `apply_samples` sets (flow, DORA and ledger report figures)."""
+        return frozenset(self._by_name)
+
     def apply_samples(self, samples: list[tuple[str, dict[str, str], float]]) -> None:
         """Set report samples (flow, DORA) from the core.
 

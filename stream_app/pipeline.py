@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
 
 from stream_app.codec import Decoded
 from stream_app.core.catalog import Catalog
@@ -28,7 +32,11 @@ from stream_app.events.model import Incident, KpiSample, Release, WorkflowEvent
 DEADLETTER_OUTCOMES = frozenset(
     {"unknown-stream", "out-of-scope", "invalid-value", "too-many-label-values", *GUARD_REASONS}
 )
-_SNAPSHOT = b"VLP1"  # a service snapshot: magic, u32 engine snapshot length, engine, guard
+_SNAPSHOT = b"VLP1"  # older service snapshots: magic, u32 engine snapshot length, engine, guard
+# A service snapshot: magic, then its engine, guard, flow, DORA and ledger parts, each prefixed
+# with its u32 length.
+_SNAPSHOT2 = b"VLP2"
+LEDGER_STATE_VERSION = 1
 MetricSample = tuple[str, dict[str, str], float]
 
 
@@ -137,9 +145,11 @@ class Pipeline:
         # and the releases with a final verdict or a declared bet (release id -> release time).
         self._rel: dict[str, tuple[str, str, str | None, tuple[str, ...], float]] = {}
         self._ledgered: dict[str, float] = {}
+        self._ledger_service: dict[str, str] = {}  # release id of `_ledgered` -> its service
         # What the histograms already observed: finished items and first-deployed changes.
         self._observed_items: set[tuple[str, str]] = set()
         self._observed_changes: set[tuple[str, str]] = set()
+        self._ledger_dirty: set[str] = set()  # services whose ledger bookkeeping changed
 
     def handle(self, event: Decoded) -> Step:
         """Feed one decoded event to the guard, then the core; returns what it produced."""
@@ -264,17 +274,48 @@ class Pipeline:
         return None
 
     def snapshot_service(self, service: str) -> bytes:
-        """The service's engine and guard state (admission, recent sample ids) as bytes.
+        """Everything the pipeline holds of a service, as bytes: its engine state (buckets,
+        releases, verdicts), admission (guard), and its part of the flow, DORA and ledger state.
 
-        Raises:
-            KeyError: the engine holds no state for `service`.
+        A service without engine state (no KPI of the catalog, or only workflow and incident
+        events so far) still has the rest.
         """
-        engine = self.engine.snapshot(service)
-        guard = self.guard.snapshot(service)
-        return _SNAPSHOT + struct.pack("<I", len(engine)) + engine + guard
+        try:
+            engine = self.engine.snapshot(service)
+        except KeyError:
+            engine = b""
+        parts = (
+            engine,
+            self.guard.snapshot(service),
+            self.flow.snapshot_state((service,)),
+            self.dora.snapshot_state((service,)),
+            self._ledger_snapshot(service),
+        )
+        return _SNAPSHOT2 + b"".join(struct.pack("<I", len(p)) + p for p in parts)
 
     def restore_service(self, service: str, data: bytes) -> None:
-        """Restore a `snapshot_service` (or a bare engine snapshot); the service is admitted."""
+        """Restore a `snapshot_service` (or an older or bare engine snapshot); the service is
+        admitted. Its part of the flow, DORA and ledger state replaces what is held of it."""
+        if data.startswith(_SNAPSHOT2):
+            parts: list[bytes] = []
+            at = len(_SNAPSHOT2)
+            while at < len(data):
+                (n,) = struct.unpack_from("<I", data, at)
+                parts.append(data[at + 4 : at + 4 + n])
+                at += 4 + n
+            engine, guard, flow, dora, ledger = parts
+            if engine:
+                self.engine.restore(service, engine)
+            else:
+                self.engine.forget(service)
+            self.guard.restore(service, guard)
+            self._forget_ledger((service,))  # first: it asks the flow tracker whose items are
+            self.flow.forget_services((service,))
+            self.flow.restore_state(flow, merge=True)
+            self.dora.forget_services((service,))
+            self.dora.restore_state(dora, merge=True)
+            self._ledger_restore(ledger)
+            return
         guard = b""
         if data.startswith(_SNAPSHOT):
             (n,) = struct.unpack_from("<I", data, len(_SNAPSHOT))
@@ -284,9 +325,77 @@ class Pipeline:
         self.guard.restore(service, guard)
 
     def forget_service(self, service: str) -> None:
-        """Drop a service's engine state and admission (its partition moved elsewhere)."""
+        """Drop a service's engine state, admission, and its part of the flow, DORA and ledger
+        state (its partition moved elsewhere)."""
         self.engine.forget(service)
         self.guard.forget(service)
+        self._forget_ledger((service,))  # first: it asks the flow tracker whose items are
+        self.flow.forget_services((service,))
+        self.dora.forget_services((service,))
+
+    def dirty_services(self) -> set[str]:
+        """Services whose flow, DORA or ledger part changed since `clear_dirty` (the engine
+        keeps its own: `ImpactEngine.dirty_services`)."""
+        return self.flow.dirty() | self.dora.dirty() | self._ledger_dirty
+
+    def clear_dirty(self) -> None:
+        """Forget which services' flow, DORA and ledger parts changed (after they were stored)."""
+        self.flow.clear_dirty()
+        self.dora.clear_dirty()
+        self._ledger_dirty.clear()
+
+    def _ledger_snapshot(self, service: str) -> bytes:
+        stream = self.flow.defn.stream_of(service)
+        items = sorted(
+            k
+            for k in self._observed_items
+            if k[0] == stream and self.flow.item_service(*k) == service
+        )
+        doc: dict[str, Any] = {
+            "v": LEDGER_STATE_VERSION,
+            "rel": {rid: list(f) for rid, f in self._rel.items() if f[0] == service},
+            "ledgered": {
+                rid: t
+                for rid, t in self._ledgered.items()
+                if self._ledger_service.get(rid) == service
+            },
+            "observed_items": items,
+            "observed_changes": sorted(k for k in self._observed_changes if k[0] == service),
+            # The latest event time seen when this was written: reports are as of it.
+            "max_event_time": self.max_event_time if math.isfinite(self.max_event_time) else None,
+        }
+        return orjson.dumps(doc)
+
+    def _ledger_restore(self, data: bytes) -> None:
+        doc: dict[str, Any] = orjson.loads(data)
+        if doc.get("v") != LEDGER_STATE_VERSION:
+            raise ValueError(f"ledger state version {doc.get('v')!r}, expected 1")
+        for rid, (service, version, flag, shipped, t) in doc["rel"].items():
+            self._rel[rid] = (service, version, flag, tuple(shipped), t)
+        service_of = {rid: f[0] for rid, f in doc["rel"].items()}
+        for rid, t in doc["ledgered"].items():
+            self._ledgered[rid] = t
+            self._ledger_service[rid] = service_of.get(rid) or self._verdict_service(rid)
+        self._observed_items.update((a, b) for a, b in doc["observed_items"])
+        self._observed_changes.update((a, b) for a, b in doc["observed_changes"])
+        if doc["max_event_time"] is not None:
+            self.max_event_time = max(self.max_event_time, doc["max_event_time"])
+
+    def _verdict_service(self, release_id: str) -> str:
+        info = self.dora.release_info(release_id)
+        return info.service if info is not None else ""
+
+    def _forget_ledger(self, services: Collection[str]) -> None:
+        gone = set(services)
+        self._rel = {rid: f for rid, f in self._rel.items() if f[0] not in gone}
+        drop = {rid for rid, svc in self._ledger_service.items() if svc in gone}
+        self._ledgered = {rid: t for rid, t in self._ledgered.items() if rid not in drop}
+        self._ledger_service = {rid: s for rid, s in self._ledger_service.items() if s not in gone}
+        self._observed_items = {
+            k for k in self._observed_items if self.flow.item_service(*k) not in gone
+        }
+        self._observed_changes = {k for k in self._observed_changes if k[0] not in gone}
+        self._ledger_dirty -= gone
 
     def close_input(self) -> Step:
         """Close every service as if no more input were coming (replay's end of the files)."""
@@ -298,14 +407,18 @@ class Pipeline:
             if self.dora.on_verdict(rec) == "accepted":
                 judged[rec.release_id] = None
                 self._ledgered[rec.release_id] = rec.release_time
+                self._ledger_service[rec.release_id] = rec.service
+                self._ledger_dirty.add(rec.service)
         ledger = [e for rid in judged for e in self.ledger_entries(rid)]
         return Step(records, outcome, service, ledger)
 
     def _note_release(self, r: Release) -> None:
         shipped = tuple(dict.fromkeys((*r.commits, *r.change_ids)))
         self._rel.setdefault(r.id, (r.service, r.version, r.flag_key, shipped, r.time))
+        self._ledger_dirty.add(r.service)
         if self.features.expected_for(r.service, r.version, r.flag_key, shipped):
             self._ledgered.setdefault(r.id, r.time)
+            self._ledger_service.setdefault(r.id, r.service)
 
     def ledger_entries(self, release_id: str) -> list[LedgerEntry]:
         """The ledger entries of a release: its own, then one per declared feature item it shipped.
@@ -356,6 +469,9 @@ class Pipeline:
         for rid in [rid for rid, (*_, rt) in self._rel.items() if rt < cutoff]:
             del self._rel[rid]
         self._ledgered = {rid: rt for rid, rt in self._ledgered.items() if rt >= cutoff}
+        self._ledger_service = {
+            rid: svc for rid, svc in self._ledger_service.items() if rid in self._ledgered
+        }
         ledger = tuple(
             e
             for rid, rt in sorted(self._ledgered.items(), key=lambda kv: (kv[1], kv[0]))
@@ -383,6 +499,9 @@ class Pipeline:
             seen.add(key)
             if key in self._observed_items:
                 continue
+            owner = self.flow.item_service(*key)
+            if owner is not None:
+                self._ledger_dirty.add(owner)
             vs = it.value_stream
             if it.flow_seconds is not None:
                 labels = {"value_stream": vs, "item_type": it.item_type}
@@ -399,6 +518,7 @@ class Pipeline:
         for service, change, _, lead in self.dora.change_lead_times(t):
             changes.add((service, change))
             if (service, change) not in self._observed_changes:
+                self._ledger_dirty.add(service)
                 out.append(("valueloop_change_lead_time_seconds", {"service": service}, lead))
         self._observed_changes = changes
         return out

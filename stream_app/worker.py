@@ -75,9 +75,14 @@ def build_worker_app(
             state.before(event.service, partition)
         return pipeline.handle(event)
 
-    # Inputs whose whole effect lives in the engine snapshots (exactly-once by offset); workflow
-    # and incident events feed the flow/DORA trackers, which rebuild from the committed offsets.
-    checkpointed = {settings.topic_deployments, settings.topic_telemetry}
+    # Every input's whole effect lives in the service snapshots (engine, flow, DORA and ledger
+    # state), checkpointed with the offsets they cover: exactly-once by offset.
+    checkpointed = {
+        settings.topic_deployments,
+        settings.topic_telemetry,
+        settings.topic_workflow,
+        settings.topic_incidents,
+    }
     checkpoint = Checkpoint()
     register_intake(app, settings, metrics, handle, checkpoint)
     assert checkpoint.deadletters is not None  # register_intake made them

@@ -38,6 +38,7 @@ time when that is all that is known).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -209,6 +210,7 @@ class DoraTracker:
         self._verdict_meta: dict[str, tuple[str, str, float]] = {}  # release -> service, ver, time
         self._deploys_total: dict[str, int] = {}
         self._pruned_failures: dict[str, dict[str, int]] = {}
+        self._dirty: set[str] = set()  # services whose stored state changed (see `dirty`)
 
     # ---- input
 
@@ -220,6 +222,7 @@ class DoraTracker:
         """
         if r.id in self._releases:
             return "duplicate"
+        self._dirty.add(r.service)
         self._releases[r.id] = ReleaseInfo(
             r.id, r.service, r.version, r.time, r.kind, r.environment
         )
@@ -239,6 +242,7 @@ class DoraTracker:
         """Record an incident event (detected, reported or resolved); production ones only."""
         if i.environment not in self.production:
             return "not-production"
+        self._dirty.add(i.service)
         inc = self._incidents.get(i.incident_id)
         if inc is None:
             inc = self._incidents[i.incident_id] = _Incident(i.incident_id, i.service)
@@ -263,6 +267,7 @@ class DoraTracker:
         if old is not None and old.revision >= rec.revision:
             return "stale"
         j = rec.judgement
+        self._dirty.add(rec.service)
         per_kpi[rec.kpi] = KpiOutcome(rec.kpi, j.verdict, j.change, rec.critical, rec.revision)
         self._verdict_meta[rec.release_id] = (rec.service, rec.version, rec.release_time)
         return "accepted"
@@ -279,6 +284,7 @@ class DoraTracker:
         proxy = ev.source_type == "workitem" and ev.action == "entered" and ev.state == "active"
         if ev.source_type != "change" and not proxy:
             return False
+        self._dirty.add(ev.service)
         firsts = self._change_first.setdefault(ev.service, {})
         aliases = self._change_alias.setdefault(ev.service, {})
         # A commit already known under another change id (e.g. the work item) keeps that change.
@@ -321,6 +327,7 @@ class DoraTracker:
         """
         cutoff = now - self.retention
         old = [rid for rid, info in self._releases.items() if info.time < cutoff]
+        self._dirty.update(self._releases[rid].service for rid in old)
         analysis = self._analyse(now) if any(rid in self._aliases for rid in old) else None
         for rid in old:
             info = self._releases.pop(rid)
@@ -454,36 +461,76 @@ class DoraTracker:
 
     # ---- state
 
-    def snapshot_state(self) -> bytes:
-        """The tracker's state as bytes (orjson), for a faust table or a file."""
+    def dirty(self) -> set[str]:
+        """Services whose part of the state changed since the last `clear_dirty`."""
+        return set(self._dirty)
+
+    def clear_dirty(self) -> None:
+        """Forget which services changed (after the caller stored their state)."""
+        self._dirty.clear()
+
+    def _service_of(self, release_id: str) -> str | None:
+        info = self._releases.get(release_id)
+        if info is not None:
+            return info.service
+        meta = self._verdict_meta.get(release_id)
+        return None if meta is None else meta[0]
+
+    def snapshot_state(self, services: Collection[str] | None = None) -> bytes:
+        """The tracker's state as bytes (orjson), for a faust table or a file.
+
+        Args:
+            services: only these services' part (their releases, incidents, changes, verdicts
+                and counts); None for the whole state.
+        """
+
+        def mine(service: str | None) -> bool:
+            return services is None or service in services
+
+        def per_service(table: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in table.items() if mine(k)}
+
+        change_first = per_service(self._change_first)
         doc = {
             "v": STATE_VERSION,
             "releases": [
                 [i.id, i.service, i.version, i.time, i.kind, i.environment]
                 for i in self._releases.values()
+                if mine(i.service)
             ],
-            "aliases": self._aliases,
-            "by_service": self._by_service,
-            "rollbacks": self._rollbacks,
+            "aliases": {k: v for k, v in self._aliases.items() if mine(self._service_of(k))},
+            "by_service": per_service(self._by_service),
+            "rollbacks": per_service(self._rollbacks),
             "incidents": [
                 [i.incident_id, i.service, i.deployment_id, i.change_ids, i.events]
                 for i in self._incidents.values()
+                if mine(i.service)
             ],
-            "change_first": self._change_first,
-            "change_alias": self._change_alias,
-            "work_proxy": sorted(self._work_proxy),
+            "change_first": change_first,
+            "change_alias": per_service(self._change_alias),
+            "work_proxy": sorted(
+                k
+                for k in self._work_proxy
+                if services is None or any(k in firsts for firsts in change_first.values())
+            ),
             "verdicts": {
                 rid: [[v.kpi, v.verdict, v.change, v.critical, v.revision] for v in per.values()]
                 for rid, per in self._verdicts.items()
+                if mine(self._service_of(rid))
             },
-            "verdict_meta": self._verdict_meta,
-            "deploys_total": self._deploys_total,
-            "pruned_failures": self._pruned_failures,
+            "verdict_meta": {k: v for k, v in self._verdict_meta.items() if mine(v[0])},
+            "deploys_total": per_service(self._deploys_total),
+            "pruned_failures": per_service(self._pruned_failures),
         }
         return orjson.dumps(doc)
 
-    def restore_state(self, data: bytes) -> None:
+    def restore_state(self, data: bytes, *, merge: bool = False) -> None:
         """Replace the tracker's state with one from ``snapshot_state``.
+
+        Args:
+            data: the snapshot.
+            merge: add it to the current state instead (the part of services this tracker holds
+                nothing of, e.g. a `snapshot_state(services)` after `forget_services(services)`).
 
         Raises:
             ValueError: the bytes are not a state of this version.
@@ -491,24 +538,52 @@ class DoraTracker:
         doc: dict[str, Any] = orjson.loads(data)
         if doc.get("v") != STATE_VERSION:
             raise ValueError(f"dora state version {doc.get('v')!r}, expected {STATE_VERSION}")
-        self._reset()
-        self._releases = {r[0]: ReleaseInfo(*r) for r in doc["releases"]}
-        self._aliases = {k: tuple(v) for k, v in doc["aliases"].items()}
-        self._by_service = {k: [(t, r) for t, r in v] for k, v in doc["by_service"].items()}
-        self._rollbacks = {k: [(t, r) for t, r in v] for k, v in doc["rollbacks"].items()}
-        self._incidents = {
-            iid: _Incident(iid, svc, dep, list(ch), [(t, a, e) for t, a, e in evs])
-            for iid, svc, dep, ch, evs in doc["incidents"]
-        }
-        self._change_first = doc["change_first"]
-        self._change_alias = doc["change_alias"]
-        self._work_proxy = set(doc.get("work_proxy", ()))
-        self._verdicts = {
-            rid: {v[0]: KpiOutcome(*v) for v in per} for rid, per in doc["verdicts"].items()
-        }
-        self._verdict_meta = {k: (v[0], v[1], v[2]) for k, v in doc["verdict_meta"].items()}
-        self._deploys_total = doc["deploys_total"]
-        self._pruned_failures = doc["pruned_failures"]
+        if not merge:
+            self._reset()
+        self._releases.update({r[0]: ReleaseInfo(*r) for r in doc["releases"]})
+        self._aliases.update({k: tuple(v) for k, v in doc["aliases"].items()})
+        self._by_service.update({k: [(t, r) for t, r in v] for k, v in doc["by_service"].items()})
+        self._rollbacks.update({k: [(t, r) for t, r in v] for k, v in doc["rollbacks"].items()})
+        self._incidents.update(
+            {
+                iid: _Incident(iid, svc, dep, list(ch), [(t, a, e) for t, a, e in evs])
+                for iid, svc, dep, ch, evs in doc["incidents"]
+            }
+        )
+        self._change_first.update(doc["change_first"])
+        self._change_alias.update(doc["change_alias"])
+        self._work_proxy.update(doc.get("work_proxy", ()))
+        self._verdicts.update(
+            {rid: {v[0]: KpiOutcome(*v) for v in per} for rid, per in doc["verdicts"].items()}
+        )
+        self._verdict_meta.update({k: (v[0], v[1], v[2]) for k, v in doc["verdict_meta"].items()})
+        self._deploys_total.update(doc["deploys_total"])
+        self._pruned_failures.update(doc["pruned_failures"])
+
+    def forget_services(self, services: Collection[str]) -> None:
+        """Drop the part of the state these services own (their partition moved elsewhere)."""
+        gone = set(services)
+        rids = {rid for rid, info in self._releases.items() if info.service in gone}
+        rids |= {rid for rid, meta in self._verdict_meta.items() if meta[0] in gone}
+        for rid in rids:
+            self._releases.pop(rid, None)
+            self._aliases.pop(rid, None)
+            self._verdicts.pop(rid, None)
+            self._verdict_meta.pop(rid, None)
+        for table in (
+            self._by_service,
+            self._rollbacks,
+            self._change_alias,
+            self._deploys_total,
+            self._pruned_failures,
+        ):
+            for service in gone:
+                table.pop(service, None)
+        for service in gone:
+            self._work_proxy -= set(self._change_first.pop(service, {}))
+        for iid in [iid for iid, inc in self._incidents.items() if inc.service in gone]:
+            del self._incidents[iid]
+        self._dirty -= gone
 
     # ---- internals
 

@@ -16,7 +16,9 @@ from stream_app.core.ledger import (
     ExpectedBenefit,
     Features,
     LedgerEntry,
+    daily_level,
     item_entry,
+    kpi_unit,
     ledger_metric_samples,
     release_entry,
 )
@@ -116,12 +118,14 @@ class Pipeline:
         features: Features | None = None,
         limits: Limits | None = None,
         clock: Callable[[], float] | None = None,
+        cost_per_hour: float | None = None,
     ) -> None:
         self.limits = limits or Limits()
         if self.limits.max_label_values is not None:
             catalog = replace(catalog, max_label_values=self.limits.max_label_values)
         self.catalog = catalog
         self.features = features or Features()
+        self.cost_per_hour = cost_per_hour
         self.engine = ImpactEngine(catalog, alpha=alpha)
         # Sanity and cardinality limits, checked before an event may touch or create state. The
         # edge injects its wall clock for the future-time check (the core never reads it).
@@ -294,12 +298,41 @@ class Pipeline:
 
     def _step(self, records: list[VerdictRecord], outcome: str, service: str) -> Step:
         judged: dict[str, None] = {}
+        dens: dict[str, dict[str, float]] = {}
         for rec in records:
-            if self.dora.on_verdict(rec) == "accepted":
+            level = self._level(rec, dens) if rec.phase == "final" else None
+            if self.dora.on_verdict(rec, level) == "accepted":
                 judged[rec.release_id] = None
                 self._ledgered[rec.release_id] = rec.release_time
         ledger = [e for rid in judged for e in self.ledger_entries(rid)]
         return Step(records, outcome, service, ledger)
+
+    def _level(
+        self, rec: VerdictRecord, dens: dict[str, dict[str, float]]
+    ) -> tuple[float, str] | None:
+        """A final verdict's KPI baseline level in business units a day, and its unit."""
+        spec = next((k for k in self.catalog.for_service(rec.service) if k.name == rec.kpi), None)
+        if spec is None:
+            return None
+        unit = kpi_unit(spec.aggregation, spec.stream or spec.name, spec.numerator)
+        if unit is None:
+            return None
+        if rec.release_id not in dens:
+            # Denominator per bucket holding data, from the release's baseline windows (read once
+            # per release and step; sum KPIs have 1 per bucket).
+            per: dict[str, float] = {}
+            for kw in self.engine.release_windows(rec.release_id):
+                filled = sum(1 for d in kw.baseline.den if d > 0)
+                if filled:
+                    per[kw.spec.name] = sum(kw.baseline.den) / filled
+            dens[rec.release_id] = per
+        den = 1.0 if spec.aggregation == "sum" else dens[rec.release_id].get(spec.name)
+        if den is None:
+            return None
+        level = daily_level(
+            spec.aggregation, rec.judgement.baseline_value, den, spec.bucket_seconds
+        )
+        return None if level is None else (level, unit)
 
     def _note_release(self, r: Release) -> None:
         shipped = tuple(dict.fromkeys((*r.commits, *r.change_ids)))
@@ -325,6 +358,7 @@ class Pipeline:
                 self.flow,
                 self.dora,
                 bet.expected,
+                self.cost_per_hour,
             )
             if item is not None:
                 out.append(item)
@@ -338,7 +372,7 @@ class Pipeline:
             items = self.flow.release_cost(release_id).item_ids
             shipped = tuple(dict.fromkeys((*facts[3], *items)))
             expected = self.features.expected_for(facts[0], facts[1], facts[2], shipped)
-        return release_entry(release_id, self.flow, self.dora, expected)
+        return release_entry(release_id, self.flow, self.dora, expected, self.cost_per_hour)
 
     def report(self, now: float | None = None) -> Report | None:
         """Flow, DORA and ledger reports as of `now` (default: the latest event time; None before).

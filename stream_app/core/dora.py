@@ -93,6 +93,11 @@ class KpiOutcome:
     change: float | None  # relative change (0.05 = +5 %)
     critical: bool
     revision: int
+    ci_low: float | None = None  # the change's 95 % interval
+    ci_high: float | None = None
+    # The baseline level in business units a day (see `core.ledger.daily_level`) and its unit.
+    daily_level: float | None = None
+    unit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +259,15 @@ class DoraTracker:
                 inc.change_ids.append(c)
         return "accepted"
 
-    def on_verdict(self, rec: VerdictRecord) -> VerdictOutcome:
-        """Record an impact verdict; only the latest revision of final verdicts counts."""
+    def on_verdict(
+        self, rec: VerdictRecord, level: tuple[float, str] | None = None
+    ) -> VerdictOutcome:
+        """Record an impact verdict; only the latest revision of final verdicts counts.
+
+        Args:
+            rec: the verdict.
+            level: the KPI's baseline level in business units a day, and its unit, when known.
+        """
         if rec.phase != "final":
             return "interim"
         per_kpi = self._verdicts.setdefault(rec.release_id, {})
@@ -263,7 +275,17 @@ class DoraTracker:
         if old is not None and old.revision >= rec.revision:
             return "stale"
         j = rec.judgement
-        per_kpi[rec.kpi] = KpiOutcome(rec.kpi, j.verdict, j.change, rec.critical, rec.revision)
+        per_kpi[rec.kpi] = KpiOutcome(
+            rec.kpi,
+            j.verdict,
+            j.change,
+            rec.critical,
+            rec.revision,
+            j.ci_low,
+            j.ci_high,
+            None if level is None else level[0],
+            None if level is None else level[1],
+        )
         self._verdict_meta[rec.release_id] = (rec.service, rec.version, rec.release_time)
         return "accepted"
 
@@ -473,7 +495,20 @@ class DoraTracker:
             "change_alias": self._change_alias,
             "work_proxy": sorted(self._work_proxy),
             "verdicts": {
-                rid: [[v.kpi, v.verdict, v.change, v.critical, v.revision] for v in per.values()]
+                rid: [
+                    [
+                        v.kpi,
+                        v.verdict,
+                        v.change,
+                        v.critical,
+                        v.revision,
+                        v.ci_low,
+                        v.ci_high,
+                        v.daily_level,
+                        v.unit,
+                    ]
+                    for v in per.values()
+                ]
                 for rid, per in self._verdicts.items()
             },
             "verdict_meta": self._verdict_meta,

@@ -24,6 +24,154 @@ BET_OUTCOMES: tuple[str, ...] = (
 )
 # The metric label of a ledger entry that declared no expected benefit.
 UNDECLARED = "undeclared"
+DAY = 86400.0
+
+
+def daily_level(
+    aggregation: str, baseline_value: float | None, den_per_bucket: float, bucket_seconds: float
+) -> float | None:
+    """A KPI's baseline level in business units a day: what its relative change multiplies.
+
+    - sum (orders, revenue): the baseline's sum per bucket, times buckets a day: orders a day,
+      currency a day.
+    - ratio (conversion = orders / sessions): the baseline ratio times the denominator a day
+      (sessions a day): the numerator a day (orders a day). A relative change of the ratio, at
+      the same traffic, moves the numerator by the same share.
+    - mean (cart value): the baseline mean times observations a day: the total a day.
+    - quantile (latency): no business unit (None).
+
+    Args:
+        aggregation: the KPI's aggregation.
+        baseline_value: the judge's baseline level (per bucket for sum; the ratio; the mean).
+        den_per_bucket: the baseline's denominator per bucket that holds data (sum: 1; ratio:
+            the denominator stream's sum; mean: observations).
+        bucket_seconds: the KPI's bucket width.
+
+    Returns:
+        Units a day, or None when the KPI has no business unit or no baseline.
+    """
+    if aggregation not in ("sum", "ratio", "mean") or baseline_value is None:
+        return None
+    if not bucket_seconds > 0 or not den_per_bucket >= 0:
+        return None
+    return baseline_value * den_per_bucket * (DAY / bucket_seconds)
+
+
+def kpi_unit(aggregation: str, stream: str | None, numerator: str | None) -> str | None:
+    """The business unit of a KPI's daily level: its stream (sum, mean) or numerator (ratio)."""
+    if aggregation == "ratio":
+        return numerator
+    if aggregation in ("sum", "mean"):
+        return stream
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveredValue:
+    """A KPI's delivered change in business units a day: baseline level x relative change.
+
+    Attributes:
+        kpi: the KPI.
+        unit: the unit of the level (orders, revenue, ...), per day.
+        level_per_day: the baseline level, units a day.
+        change: the relative change (0.05 = +5 %).
+        per_day: delivered units a day (level x change; negative: lost).
+        per_day_low: the interval's low end (level x ci_low), None without an interval.
+        per_day_high: the interval's high end.
+        expected_per_day: the declared expectation in units a day (signed), None when undeclared.
+    """
+
+    kpi: str
+    unit: str
+    level_per_day: float
+    change: float
+    per_day: float
+    per_day_low: float | None
+    per_day_high: float | None
+    expected_per_day: float | None = None
+
+
+def delivered_value(
+    kpi: KpiOutcome, expected: ExpectedBenefit | None = None
+) -> DeliveredValue | None:
+    """The delivered value of a KPI's final verdict, in business units a day.
+
+    Returns:
+        None when the verdict has no change or the KPI has no business unit.
+    """
+    if kpi.change is None or kpi.daily_level is None or kpi.unit is None:
+        return None
+    level = kpi.daily_level
+    exp = None
+    if expected is not None:
+        exp = level * expected.change * (1.0 if expected.direction == "up" else -1.0)
+    return DeliveredValue(
+        kpi=kpi.kpi,
+        unit=kpi.unit,
+        level_per_day=level,
+        change=kpi.change,
+        per_day=level * kpi.change,
+        per_day_low=None if kpi.ci_low is None else level * kpi.ci_low,
+        per_day_high=None if kpi.ci_high is None else level * kpi.ci_high,
+        expected_per_day=exp,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EntryValue:
+    """What an entry cost and delivered, in hours, money and business units.
+
+    Attributes:
+        active_hours: active (worked-on) engineering time of its items.
+        total_hours: total time its items spent in the flow (active + waiting).
+        cost: active hours x the configured cost rate; None without a rate.
+        delivered: per KPI with a business unit, the delivered value a day.
+        headline: the value the entry is ranked by: the first declared KPI's, else the first
+            KPI's that moved (improved or degraded); None when none has a business unit.
+        value_per_hour: headline units a day per active engineering hour (None without work).
+    """
+
+    active_hours: float
+    total_hours: float
+    cost: float | None
+    delivered: tuple[DeliveredValue, ...]
+    headline: DeliveredValue | None
+    value_per_hour: float | None
+
+
+def value_of(
+    cost: WorkCost,
+    kpis: tuple[KpiOutcome, ...],
+    expected: tuple[ExpectedBenefit, ...],
+    cost_per_hour: float | None = None,
+) -> EntryValue:
+    """Cost and delivered value of a ledger entry (pure arithmetic; see `EntryValue`).
+
+    Args:
+        cost: the work its items took.
+        kpis: its final verdicts.
+        expected: its declared benefits.
+        cost_per_hour: money per active engineering hour, when configured.
+    """
+    exp_by_kpi = {e.kpi: e for e in expected}
+    delivered = tuple(
+        d for k in kpis if (d := delivered_value(k, exp_by_kpi.get(k.kpi))) is not None
+    )
+    by_kpi = {d.kpi: d for d in delivered}
+    headline = next((by_kpi[e.kpi] for e in expected if e.kpi in by_kpi), None)
+    if headline is None and not expected:
+        moved = {k.kpi for k in kpis if k.verdict in ("improved", "degraded")}
+        headline = next((d for d in delivered if d.kpi in moved), None)
+    active = cost.active_seconds / 3600.0
+    total = (cost.active_seconds + cost.wait_seconds) / 3600.0
+    return EntryValue(
+        active_hours=active,
+        total_hours=total,
+        cost=None if cost_per_hour is None else active * cost_per_hour,
+        delivered=delivered,
+        headline=headline,
+        value_per_hour=None if headline is None or active <= 0 else headline.per_day / active,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +198,7 @@ class LedgerEntry:
     outcome: BetOutcome | None  # over all expectations; None when none was declared
     degraded: bool  # some KPI's final verdict is degraded
     summary: str
+    value: EntryValue | None = None  # cost and delivered value in hours, money, units a day
 
 
 def judge_expectation(expected: ExpectedBenefit, kpi: KpiOutcome | None) -> BetOutcome:
@@ -100,6 +249,7 @@ def release_entry(
     flow: FlowTracker,
     dora: DoraTracker,
     expected: tuple[ExpectedBenefit, ...] = (),
+    cost_per_hour: float | None = None,
 ) -> LedgerEntry | None:
     """The ledger entry of a release: its items' work and its final KPI verdicts.
 
@@ -108,6 +258,7 @@ def release_entry(
         flow: the flow tracker, for the cost of the items the release took to production.
         dora: the DORA tracker, for the release and its final verdicts.
         expected: benefits declared for the release (from the features file or its events).
+        cost_per_hour: money per active engineering hour, when configured.
 
     Returns:
         The entry, or None when neither tracker knows the release.
@@ -117,7 +268,17 @@ def release_entry(
         return None
     cost = flow.release_cost(release_id)
     verdicts = dora.final_verdicts(release_id)
-    return _entry(release_id, info.service, info.version, info.time, None, cost, verdicts, expected)
+    return _entry(
+        release_id,
+        info.service,
+        info.version,
+        info.time,
+        None,
+        cost,
+        verdicts,
+        expected,
+        cost_per_hour,
+    )
 
 
 def item_entry(
@@ -126,6 +287,7 @@ def item_entry(
     flow: FlowTracker,
     dora: DoraTracker,
     expected: tuple[ExpectedBenefit, ...] = (),
+    cost_per_hour: float | None = None,
 ) -> LedgerEntry | None:
     """The ledger entry of one work item (a feature): its own work and its release's verdicts.
 
@@ -146,6 +308,7 @@ def item_entry(
         cost,
         dora.final_verdicts(rid) if rid is not None else (),
         expected,
+        cost_per_hour,
     )
 
 
@@ -158,6 +321,7 @@ def _entry(
     cost: WorkCost,
     kpis: tuple[KpiOutcome, ...],
     expected: tuple[ExpectedBenefit, ...],
+    cost_per_hour: float | None = None,
 ) -> LedgerEntry:
     by_kpi = {k.kpi: k for k in kpis}
     judged = tuple((e, judge_expectation(e, by_kpi.get(e.kpi))) for e in expected)
@@ -178,6 +342,12 @@ def _entry(
     for e, o in judged:
         sign = "+" if e.direction == "up" else "-"
         text += f"; expected {e.kpi} {sign}{e.change * 100:.1f} %: {o.replace('-', ' ')}"
+    value = value_of(cost, kpis, expected, cost_per_hour)
+    if value.headline is not None:
+        h = value.headline
+        text += f"; delivered {h.per_day:+,.1f} {h.unit}/day"
+        if value.value_per_hour is not None:
+            text += f" ({value.value_per_hour:+,.2f} {h.unit}/day per engineering hour)"
     return LedgerEntry(
         release_id=release_id,
         service=service,
@@ -190,6 +360,7 @@ def _entry(
         outcome=outcome,
         degraded=any(k.verdict == "degraded" for k in kpis),
         summary=text,
+        value=value,
     )
 
 

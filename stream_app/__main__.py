@@ -580,6 +580,23 @@ def replay_cmd(
             "DORA, flow and value-ledger figures as JSON.",
         ),
     ] = None,
+    ledger_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--ledger-out",
+            help="Write the value ledger as JSON lines: the same records, in the same order, "
+            "as the worker publishes to the ledger topic (vsm.ledger); a later line for the "
+            "same release and item supersedes an earlier one.",
+        ),
+    ] = None,
+    cost_per_hour: Annotated[
+        float | None,
+        typer.Option(
+            "--cost-per-hour",
+            help="Money per active engineering hour, for the ledger's cost; also "
+            "VALUELOOP_COST_PER_HOUR. [default: hours only]",
+        ),
+    ] = None,
     max_rejected: Annotated[
         float,
         typer.Option(
@@ -653,13 +670,20 @@ def replay_cmd(
         "max_kpis_per_service": max_kpis_per_service,
         "max_label_values": max_label_values,
         "known_services": known_services,
+        "cost_per_hour": cost_per_hour,
     }
     # Set (or reset) every replay option; --kpis only when given, not to undo the top-level one.
     _State.overrides.update(
         {k: v for k, v in overrides.items() if k != "kpis_file" or v is not None}
     )
     result = run_replay(
-        settings(), files, out=out, quiet=quiet, report=report, summary_out=summary_out
+        settings(),
+        files,
+        out=out,
+        quiet=quiet,
+        report=report,
+        summary_out=summary_out,
+        ledger_out=ledger_out,
     )
     error = rejection_error(result, max_rejected)
     if error is not None:

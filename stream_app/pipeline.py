@@ -28,7 +28,14 @@ from stream_app.events.model import Incident, KpiSample, Release, WorkflowEvent
 
 # Core outcomes that mean "this input cannot be used": the edge dead-letters it with this reason.
 DEADLETTER_OUTCOMES = frozenset(
-    {"unknown-stream", "out-of-scope", "invalid-value", "too-many-label-values", *GUARD_REASONS}
+    {
+        "unknown-stream",
+        "out-of-scope",
+        "invalid-value",
+        "too-many-label-values",
+        "bad-expectation",
+        *GUARD_REASONS,
+    }
 )
 _SNAPSHOT = b"VLP1"  # a service snapshot: magic, u32 engine snapshot length, engine, guard
 MetricSample = tuple[str, dict[str, str], float]
@@ -141,6 +148,10 @@ class Pipeline:
         # and the releases with a final verdict or a declared bet (release id -> release time).
         self._rel: dict[str, tuple[str, str, str | None, tuple[str, ...], float]] = {}
         self._ledgered: dict[str, float] = {}
+        # Bets declared on events: on a release (release id -> bets) and on a work item
+        # ((value stream, item id) -> bets; the latest declaration of an item wins).
+        self._declared: dict[str, tuple[ExpectedBenefit, ...]] = {}
+        self._item_declared: dict[tuple[str, str], tuple[ExpectedBenefit, ...]] = {}
         # What the histograms already observed: finished items and first-deployed changes.
         self._observed_items: set[tuple[str, str]] = set()
         self._observed_changes: set[tuple[str, str]] = set()
@@ -160,6 +171,8 @@ class Pipeline:
         if isinstance(event, Release):
             if event.id in self._rel:  # a producer retry: counted once
                 return Step([], "duplicate", event.service)
+            if not self._known_kpis(event.service, event.expect):
+                return Step([], "bad-expectation", event.service)
             rel_outcome, records = self.engine.add_release(event)
             records = records + self.engine.advance(event.service)
             if rel_outcome == "duplicate" and not records:
@@ -172,6 +185,11 @@ class Pipeline:
                 records, "accepted" if rel_outcome == "out-of-scope" else rel_outcome, event.service
             )
         if isinstance(event, WorkflowEvent):
+            if event.expect:
+                if not self._known_kpis(event.service, event.expect):
+                    return Step([], "bad-expectation", event.service)
+                vs = self.flow.defn.stream_of(event.service)
+                self._item_declared[(vs, event.item_id)] = event.expect
             self.dora.on_workflow(event)
             return Step([], str(self.flow.on_workflow(event)), event.service)
         if isinstance(event, Incident):
@@ -334,11 +352,57 @@ class Pipeline:
         )
         return None if level is None else (level, unit)
 
+    def _known_kpis(self, service: str, bets: tuple[ExpectedBenefit, ...]) -> bool:
+        """Whether every bet names a KPI the catalog judges for the service."""
+        if not bets:
+            return True
+        names = {k.name for k in self.catalog.for_service(service)}
+        return all(b.kpi in names for b in bets)
+
     def _note_release(self, r: Release) -> None:
         shipped = tuple(dict.fromkeys((*r.commits, *r.change_ids)))
         self._rel.setdefault(r.id, (r.service, r.version, r.flag_key, shipped, r.time))
-        if self.features.expected_for(r.service, r.version, r.flag_key, shipped):
+        if r.expect:
+            self._declared[r.id] = r.expect
+        if self._expected(r.id, r.service, r.version, r.flag_key, shipped):
             self._ledgered.setdefault(r.id, r.time)
+
+    def _expected(
+        self,
+        release_id: str,
+        service: str,
+        version: str,
+        flag: str | None,
+        shipped: tuple[str, ...],
+    ) -> tuple[ExpectedBenefit, ...]:
+        """A release's bets. Per KPI the first declaration wins, in this order: the release's
+        own event (deployment or flag change), its work items' (in shipped order), the features
+        file."""
+        vs = self.flow.defn.stream_of(service)
+        sources = [self._declared.get(release_id, ())]
+        sources += [self._item_declared.get((vs, item), ()) for item in shipped]
+        sources.append(self.features.expected_for(service, version, flag, shipped))
+        out: dict[str, ExpectedBenefit] = {}
+        for bets in sources:
+            for b in bets:
+                out.setdefault(b.kpi, b)
+        return tuple(out.values())
+
+    def item_bets(
+        self, service: str, shipped: tuple[str, ...]
+    ) -> list[tuple[str, tuple[ExpectedBenefit, ...]]]:
+        """(item, bets) of the shipped work items with bets: declared on the item, else in the
+        features file (per KPI, the item's own declaration wins)."""
+        vs = self.flow.defn.stream_of(service)
+        out: dict[str, dict[str, ExpectedBenefit]] = {}
+        for item in shipped:
+            for b in self._item_declared.get((vs, item), ()):
+                out.setdefault(item, {}).setdefault(b.kpi, b)
+        for bet in self.features.item_bets(shipped):
+            assert bet.item is not None  # item_bets only returns item bets
+            for b in bet.expected:
+                out.setdefault(bet.item, {}).setdefault(b.kpi, b)
+        return [(item, tuple(bets.values())) for item, bets in out.items()]
 
     def ledger_entries(self, release_id: str) -> list[LedgerEntry]:
         """The ledger entries of a release: its own, then one per declared feature item it shipped.
@@ -350,14 +414,13 @@ class Pipeline:
         if entry is None:
             return []
         out = [entry]
-        for bet in self.features.item_bets(entry.cost.item_ids):
-            assert bet.item is not None  # item_bets only returns item bets
+        for item_id, bets in self.item_bets(entry.service, entry.cost.item_ids):
             item = item_entry(
                 self.flow.defn.stream_of(entry.service),
-                bet.item,
+                item_id,
                 self.flow,
                 self.dora,
-                bet.expected,
+                bets,
                 self.cost_per_hour,
             )
             if item is not None:
@@ -371,7 +434,7 @@ class Pipeline:
             # Items the flow tracker linked to the release count as shipped by it too.
             items = self.flow.release_cost(release_id).item_ids
             shipped = tuple(dict.fromkeys((*facts[3], *items)))
-            expected = self.features.expected_for(facts[0], facts[1], facts[2], shipped)
+            expected = self._expected(release_id, facts[0], facts[1], facts[2], shipped)
         return release_entry(release_id, self.flow, self.dora, expected, self.cost_per_hour)
 
     def report(self, now: float | None = None) -> Report | None:
@@ -389,6 +452,10 @@ class Pipeline:
         cutoff = t - self.dora.retention
         for rid in [rid for rid, (*_, rt) in self._rel.items() if rt < cutoff]:
             del self._rel[rid]
+            self._declared.pop(rid, None)
+        # Bets of items the flow tracker forgot go too (bounded as the tracker is).
+        for vs, item in [k for k in self._item_declared if self.flow.item_cost(*k) is None]:
+            del self._item_declared[(vs, item)]
         self._ledgered = {rid: rt for rid, rt in self._ledgered.items() if rt >= cutoff}
         ledger = tuple(
             e

@@ -10,6 +10,7 @@ from typing import Any, Literal, cast
 from stream_app.core.dora import DoraTracker, KpiOutcome
 from stream_app.core.flow import FlowTracker, WorkCost
 from stream_app.errors import ConfigError
+from stream_app.events.model import Expectation
 
 BetOutcome = Literal[
     "met", "partly-met", "not-met", "went-the-other-way", "inconclusive", "pending"
@@ -174,13 +175,9 @@ def value_of(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class ExpectedBenefit:
-    """What the team declared a change would do: e.g. raise ``conversion`` by 0.03 (3 %)."""
-
-    kpi: str
-    direction: Literal["up", "down"]
-    change: float  # expected relative size, positive (0.03 = 3 %)
+# What the team declared a change would do: e.g. raise ``conversion`` by 0.03 (3 %). One type
+# whichever way it was declared (event, work item, command line, features file).
+ExpectedBenefit = Expectation
 
 
 @dataclass(frozen=True, slots=True)

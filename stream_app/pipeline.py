@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from stream_app.codec import Decoded
 from stream_app.core.catalog import Catalog
 from stream_app.core.dora import DoraReport, DoraTracker, dora_metric_samples
-from stream_app.core.flow import FlowReport, FlowTracker, flow_metric_samples
+from stream_app.core.flow import FlowReport, FlowTracker, WorkCost, flow_metric_samples
 from stream_app.core.guard import GUARD_REASONS, Guard, Limits
 from stream_app.core.impact import DEFAULT_ALPHA, ImpactEngine
 from stream_app.core.ledger import (
@@ -126,6 +126,7 @@ class Pipeline:
         limits: Limits | None = None,
         clock: Callable[[], float] | None = None,
         cost_per_hour: float | None = None,
+        currency: str = "",
     ) -> None:
         self.limits = limits or Limits()
         if self.limits.max_label_values is not None:
@@ -133,6 +134,7 @@ class Pipeline:
         self.catalog = catalog
         self.features = features or Features()
         self.cost_per_hour = cost_per_hour
+        self.currency = currency
         self.engine = ImpactEngine(catalog, alpha=alpha)
         # Sanity and cardinality limits, checked before an event may touch or create state. The
         # edge injects its wall clock for the future-time check (the core never reads it).
@@ -427,6 +429,15 @@ class Pipeline:
                 out.append(item)
         return out
 
+    def release_bets(self, release_id: str) -> tuple[ExpectedBenefit, ...]:
+        """The bets a release carries (see `_expected` for the precedence); () when unknown."""
+        facts = self._rel.get(release_id)
+        if facts is None:
+            return ()
+        items = self.flow.release_cost(release_id).item_ids
+        shipped = tuple(dict.fromkeys((*facts[3], *items)))
+        return self._expected(release_id, facts[0], facts[1], facts[2], shipped)
+
     def _release_entry(self, release_id: str) -> LedgerEntry | None:
         facts = self._rel.get(release_id)
         expected: tuple[ExpectedBenefit, ...] = ()
@@ -464,6 +475,42 @@ class Pipeline:
             if (e := self._release_entry(rid)) is not None
         )
         return Report(t, flow, dora, ledger)
+
+    def ledger_report(self, now: float, period_seconds: float) -> list[LedgerEntry]:
+        """Ledger entries of the releases of ``(now - period, now]`` that were judged or carry
+        bets, each followed by its declared feature items' entries (as published)."""
+        out: list[LedgerEntry] = []
+        for rid, rt in sorted(self._ledgered.items(), key=lambda kv: (kv[1], kv[0])):
+            if now - period_seconds < rt <= now:
+                out.extend(self.ledger_entries(rid))
+        return out
+
+    def bets_in_progress(
+        self, now: float
+    ) -> list[tuple[str, str, str | None, tuple[ExpectedBenefit, ...], WorkCost]]:
+        """Work items with bets that are not finished at ``now``: (value stream, item, stage,
+        bets, cost so far), in value stream and item order."""
+        wanted: dict[tuple[str, str], dict[str, ExpectedBenefit]] = {}
+        for key, declared in self._item_declared.items():
+            for b in declared:
+                wanted.setdefault(key, {}).setdefault(b.kpi, b)
+        for bet in self.features.bets:
+            if bet.item is None:
+                continue
+            streams = (
+                (self.flow.defn.stream_of(bet.service),) if bet.service else self.flow.streams()
+            )
+            for vs in streams:
+                for b in bet.expected:
+                    wanted.setdefault((vs, bet.item), {}).setdefault(b.kpi, b)
+        out = []
+        for (vs, item), bets in sorted(wanted.items()):
+            st = self.flow.item_state(vs, item, now)
+            cost = self.flow.item_cost(vs, item)
+            if st is None or st[1] or cost is None:
+                continue
+            out.append((vs, item, st[0], tuple(bets.values()), cost))
+        return out
 
     def drain_observations(self, now: float | None = None) -> list[MetricSample]:
         """Histogram observations not yet handed out, as (metric name, labels, value).

@@ -70,6 +70,7 @@ def run_replay(
         report_period_seconds=settings.report_period_days * 86400.0,
         features=load_features(settings.features_file),
         cost_per_hour=settings.cost_per_hour,
+        currency=settings.currency,
         limits=settings.guard_limits(),  # the worker's limits: the same events, the same verdicts
         clock=time.time,
     )

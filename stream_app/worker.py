@@ -49,6 +49,7 @@ def build_worker_app(
         report_period_seconds=settings.report_period_days * 86400.0,
         features=load_features(settings.features_file),
         cost_per_hour=settings.cost_per_hour,
+        currency=settings.currency,
         limits=settings.guard_limits(),
         clock=time.time,
     )

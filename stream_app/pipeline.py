@@ -127,6 +127,7 @@ class Pipeline:
         clock: Callable[[], float] | None = None,
         cost_per_hour: float | None = None,
         currency: str = "",
+        rework_window_seconds: float = 86400.0,
     ) -> None:
         self.limits = limits or Limits()
         if self.limits.max_label_values is not None:
@@ -143,7 +144,7 @@ class Pipeline:
         self._admitted: Decoded | None = None
         vs = valuestream or load_valuestream()
         self.flow = FlowTracker(vs)
-        self.dora = DoraTracker(vs)
+        self.dora = DoraTracker(vs, rework_window_seconds=rework_window_seconds)
         self.report_period_seconds = report_period_seconds
         self.max_event_time = float("-inf")
         # Ledger bookkeeping: release id -> (service, version, flag, commits + change ids, time),

@@ -71,6 +71,7 @@ def run_replay(
         features=load_features(settings.features_file),
         cost_per_hour=settings.cost_per_hour,
         currency=settings.currency,
+        rework_window_seconds=settings.rework_window_hours * 3600.0,
         limits=settings.guard_limits(),  # the worker's limits: the same events, the same verdicts
         clock=time.time,
     )

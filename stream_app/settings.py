@@ -185,6 +185,13 @@ class Settings(BaseSettings):
         description="Money per active engineering hour: the value ledger's cost in money. Unset: "
         "cost in hours only.",
     )
+    rework_window_hours: float = Field(
+        default=24.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="DORA deployment rework rate: a deployment within this many hours after a "
+        "production failure of its service (incident, degraded verdict) is rework.",
+    )
     currency: str = Field(
         default="",
         max_length=8,

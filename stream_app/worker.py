@@ -50,6 +50,7 @@ def build_worker_app(
         features=load_features(settings.features_file),
         cost_per_hour=settings.cost_per_hour,
         currency=settings.currency,
+        rework_window_seconds=settings.rework_window_hours * 3600.0,
         limits=settings.guard_limits(),
         clock=time.time,
     )

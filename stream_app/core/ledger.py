@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -538,7 +539,8 @@ def ledger_metric_samples(
     """The Prometheus samples of release ledger entries, as (metric name, labels, value).
 
     Per service and bet outcome ("undeclared" when no benefit was declared): how many releases,
-    and how much active engineering time they cost. Every outcome of a service gets a value, so
+    how much active engineering time they cost, and the value a day their headline KPI delivered
+    (per business unit). Every outcome of a service gets a value, so
     a release moving from pending to met moves the series instead of leaving a stale one.
 
     Args:
@@ -549,16 +551,32 @@ def ledger_metric_samples(
     """
     count: dict[tuple[str, str], float] = {}
     cost: dict[tuple[str, str], float] = {}
+    value: dict[tuple[str, str, str], float] = {}
+    units: dict[str, set[str]] = {}
     for e in entries:
         if e.item_id is not None:
             continue
         key = (e.service, e.outcome or UNDECLARED)
         count[key] = count.get(key, 0.0) + 1.0
         cost[key] = cost.get(key, 0.0) + e.cost.active_seconds
+        h = e.value.headline if e.value is not None else None
+        if h is not None and math.isfinite(h.per_day):
+            units.setdefault(e.service, set()).add(h.unit)
+            vkey = (*key, h.unit)
+            value[vkey] = value.get(vkey, 0.0) + h.per_day
     out: list[tuple[str, dict[str, str], float]] = []
     for service in sorted({s for s, _ in count}):
         for outcome in (*BET_OUTCOMES, UNDECLARED):
             labels = {"service": service, "outcome": outcome}
             out.append(("valueloop_ledger_releases", labels, count.get((service, outcome), 0.0)))
             out.append(("valueloop_ledger_cost_seconds", labels, cost.get((service, outcome), 0.0)))
+            # Units are the catalog's KPI streams: a bounded set.
+            for unit in sorted(units.get(service, ())):
+                out.append(
+                    (
+                        "valueloop_ledger_delivered_per_day",
+                        {**labels, "unit": unit},
+                        value.get((service, outcome, unit), 0.0),
+                    )
+                )
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from stream_app.core.dora import DoraReport
+from stream_app.core.dora import LEVEL_THRESHOLDS, DoraReport, dora_levels
 from stream_app.core.flow import Distribution, FlowReport
 from stream_app.core.impact import KpiWindows
 from stream_app.core.ledger import BET_OUTCOMES, DeliveredValue, LedgerEntry
@@ -269,14 +269,18 @@ def _dora_point(r: DoraReport | None, end: float) -> Json:
         "lead_time_p50": None if r is None or r.lead_time is None else r.lead_time.p50,
         "change_failure_rate": None if r is None else _num(r.change_failure_rate),
         "recovery_p50": None if r is None or r.recovery_time is None else r.recovery_time.p50,
+        "rework_rate": None if r is None else _num(r.rework_rate),
+        "levels": {"deployment_frequency": "low"} if r is None else dict(dora_levels(r)),
     }
 
 
 def dora_view(pipeline: Pipeline, now: float | None, period_seconds: float) -> Json:
-    """The four DORA metrics per service over the period, a trend, and the failures with causes.
+    """The five DORA metrics per service over the period with their performance levels, a trend,
+    and the failures with causes.
 
     The trend cuts the period into `TREND_POINTS` consecutive slices, oldest first, each
-    reported on its own (deployments per day, lead time p50, change failure rate, recovery p50).
+    reported on its own (deployments per day, lead time p50, change failure rate, recovery p50,
+    rework rate, and each metric's level).
     Failures with cause ``degraded-kpi`` came from impact verdicts (their KPIs are listed).
     """
     t = _page(pipeline, now)
@@ -299,6 +303,8 @@ def dora_view(pipeline: Pipeline, now: float | None, period_seconds: float) -> J
         "periods": periods(pipeline),
         "trend_step_seconds": period_seconds / TREND_POINTS,
         "services": dict(sorted(out.items())),
+        "level_thresholds": {k: list(v) for k, v in LEVEL_THRESHOLDS.items()},
+        "rework_window_seconds": pipeline.dora.rework_window,
     }
 
 
@@ -311,6 +317,10 @@ def dora_report(r: DoraReport) -> Json:
         "lead_time": _dist(r.lead_time),
         "changes": r.changes,
         "change_failure_rate": _num(r.change_failure_rate),
+        "rework_rate": _num(r.rework_rate),
+        "rework_deployments": r.rework_deployments,
+        "rollbacks": r.rollbacks,
+        "levels": dict(dora_levels(r)),
         "failed_deployments": r.failed_deployments,
         "failures_by_cause": dict(r.failures_by_cause),
         "recovery_time": _dist(r.recovery_time),

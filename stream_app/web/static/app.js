@@ -695,8 +695,19 @@
           h("div", { class: "tile", "data-metric": "lead-time" }, h("div", { class: "label" }, "Change lead time"), h("div", { class: "value" }, r.lead_time ? dur(r.lead_time.p50) : "–"), h("div", { class: "sub" }, r.lead_time ? `p85 ${dur(r.lead_time.p85)} · ${r.changes} change(s)` : "no changes with a first commit"), spark(r.trend, "lead_time_p50", dur)),
           h("div", { class: "tile", "data-metric": "change-failure-rate" }, h("div", { class: "label" }, "Change failure rate"), h("div", { class: "value" }, pct(r.change_failure_rate)), h("div", { class: "sub" }, `${r.failed_deployments} failed` + (causes ? ` · ${causes}` : "")), spark(r.trend, "change_failure_rate", pct)),
           h("div", { class: "tile", "data-metric": "recovery-time" }, h("div", { class: "label" }, "Failed deployment recovery"), h("div", { class: "value" }, r.recovery_time ? dur(r.recovery_time.p50) : "–"), h("div", { class: "sub" }, (r.recovery_time ? `p85 ${dur(r.recovery_time.p85)}` : "none recovered") + (r.unrecovered ? ` · ${r.unrecovered} unrecovered` : "")), spark(r.trend, "recovery_p50", dur)),
+          h("div", { class: "tile", "data-metric": "rework-rate" }, h("div", { class: "label" }, "Deployment rework rate"), h("div", { class: "value" }, pct(r.rework_rate)), h("div", { class: "sub" }, `${r.rework_deployments} of ${r.deployments + r.rollbacks} unplanned (${r.rollbacks} rollback(s), fixes within ${dur(data.rework_window_seconds)} of a failure)`), spark(r.trend, "rework_rate", pct), h("div", { class: "sub" }, "no DORA level: no published bands")),
         ),
       );
+      // Each metric's DORA performance level, now and per trend slice (oldest first).
+      const levelNames = { deployment_frequency: "deployment-frequency", lead_time: "lead-time", change_failure_rate: "change-failure-rate", recovery_time: "recovery-time" };
+      for (const [key, metric] of Object.entries(levelNames)) {
+        const tileEl = card.querySelector(`.tile[data-metric="${metric}"]`);
+        if (!tileEl) continue;
+        const lvl = r.levels[key];
+        tileEl.insertBefore(h("span", { class: `level l-${lvl || "none"}`, "data-level": lvl || "", title: "DORA performance level (2023 report clusters)" }, lvl || "no data"), tileEl.children[1]);
+        tileEl.appendChild(h("div", { class: "level-trend", "data-metric": metric }, ...r.trend.map((p) => h("i", { class: `l-${(p.levels && p.levels[key]) || "none"}`, title: `until ${when(p.end)}: ${(p.levels && p.levels[key]) || "no data"}` }))));
+      }
+      card.appendChild(h("div", { class: "dora-levels" }, "levels: elite / high / medium / low from the 2023 Accelerate State of DevOps Report clusters (small squares: the level in each trend slice)"));
       if (r.failures.length) {
         const t = h("table", { class: "failures" }, h("thead", {}, h("tr", {}, h("th", {}, "failed deployment"), h("th", {}, "time"), h("th", {}, "causes"), h("th", {}, "from impact verdicts"), h("th", {}, "recovered after"))));
         const tb = h("tbody", {});

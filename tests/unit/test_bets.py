@@ -118,3 +118,12 @@ def test_precedence_event_then_work_item_then_features_file() -> None:
     assert entry.outcome == "went-the-other-way"  # conversion fell 10 %
     items = [e for e in out.ledger if e.item_id == item]
     assert items and {e.kpi for e, _ in items[-1].expectations} == {"revenue", "orders"}
+
+
+def test_bets_survive_the_engine_snapshot() -> None:
+    p = Pipeline(load_catalog())
+    r = Release("r1", "checkout", "1", BAD, "deployed", expect=(UP3,))
+    p.handle(r)
+    q = Pipeline(load_catalog())
+    q.restore_service("checkout", p.snapshot_service("checkout"))
+    assert q.engine.pending_releases("checkout") == [r]

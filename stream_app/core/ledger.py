@@ -130,7 +130,8 @@ class EntryValue:
         delivered: per KPI with a business unit, the delivered value a day.
         headline: the value the entry is ranked by: the first declared KPI's, else the first
             KPI's that moved (improved or degraded); None when none has a business unit.
-        value_per_hour: headline units a day per active engineering hour (None without work).
+        value_per_hour: headline units a day per active engineering hour, signed so that a move
+            in the declared direction is positive (None without work).
     """
 
     active_hours: float
@@ -166,14 +167,22 @@ def value_of(
         headline = next((d for d in delivered if d.kpi in moved), None)
     active = cost.active_seconds / 3600.0
     total = (cost.active_seconds + cost.wait_seconds) / 3600.0
+    # Value is a move in the bet's direction: fewer errors a day is a gain for a "down" bet.
+    sign = -1.0 if headline is not None and _down(headline.kpi, expected) else 1.0
     return EntryValue(
         active_hours=active,
         total_hours=total,
         cost=None if cost_per_hour is None else active * cost_per_hour,
         delivered=delivered,
         headline=headline,
-        value_per_hour=None if headline is None or active <= 0 else headline.per_day / active,
+        value_per_hour=None
+        if headline is None or active <= 0
+        else sign * headline.per_day / active,
     )
+
+
+def _down(kpi: str, expected: tuple[ExpectedBenefit, ...]) -> bool:
+    return any(e.kpi == kpi and e.direction == "down" for e in expected)
 
 
 # What the team declared a change would do: e.g. raise ``conversion`` by 0.03 (3 %). One type

@@ -94,3 +94,12 @@ def test_the_pipeline_values_a_release_from_the_judges_baseline_level() -> None:
     ev = LedgerEvent.model_validate(doc)
     assert ev.value is not None and ev.value.headline_kpi == "conversion"
     assert ev.value.delivered[0].per_day == pytest.approx(h.per_day)
+
+
+def test_a_down_bet_counts_a_fall_as_value() -> None:
+    cost = WorkCost(items=1, item_ids=("A",), active_seconds=7200.0)
+    errors = KpiOutcome("error_rate", "improved", -0.10, True, 1, -0.15, -0.05, 500.0, "errors")
+    v = value_of(cost, (errors,), (ExpectedBenefit("error_rate", "down", 0.05),))
+    # 500 errors a day x -10 % = -50 errors a day: a gain of 50 over 2 h = +25 per hour.
+    assert v.headline is not None and v.headline.per_day == pytest.approx(-50.0)
+    assert v.value_per_hour == pytest.approx(25.0)

@@ -33,7 +33,7 @@ from stream_app.events.model import Expectation, Release, WorkflowEvent
 from stream_app.producer import Sender, ensure_topics
 from stream_app.settings import Settings
 from tests.integration.test_web_browser import CHROMIUM, SHOTS, scenario, sync_playwright
-from tests.integration.workerproc import WorkerProc, start_worker, topic_env
+from tests.integration.workerproc import WorkerProc, consume_all, start_worker, topic_env
 
 pytestmark = [
     pytest.mark.skipif(
@@ -53,6 +53,20 @@ class Story:
     worker: WorkerProc
     report: Path
     ids: dict[str, str]  # bet name -> release id
+    bootstrap: str
+    deadletter: str  # the dead-letter topic
+    bad_bets: list[bytes]  # deployments whose bets cannot be used
+
+
+def _bad_bets(r: Release) -> list[bytes]:
+    """A bet without a sign (refused when decoded) and one on a KPI the catalog does not judge
+    (refused by the core): both deployments go to the dead-letter topic."""
+    out = []
+    for i, (kpi, change) in enumerate([("conversion", "3%"), ("conversoin", "+3%")]):
+        doc = orjson.loads(codec.encode(_with(r, id=f"{r.id}-bad{i}", version=f"9.9.{i}")))
+        doc["customData"] = {"valueloop": {"expect": [{"kpi": kpi, "change": change}]}}
+        out.append(orjson.dumps(doc))
+    return out
 
 
 def _with(ev: Any, **changes: Any) -> Any:
@@ -160,6 +174,9 @@ def story(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 assert done.returncode == 0, done.stdout + done.stderr
                 continue
             sender.send(topics[codec.role_of(e)], codec.encode(e), codec.key_of(e))
+        bad_bets = _bad_bets(bad)
+        for value in bad_bets:
+            sender.send(topics["deployments"], value, bad.service)
         sender.flush(60)
         del sender
         report = tmp / "report.html"
@@ -192,7 +209,7 @@ def story(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 == {bad.id: "went-the-other-way", good.id: "met", neutral.id: "not-met"}
             ),
         )
-        yield Story(worker, report, ids)
+        yield Story(worker, report, ids, kafka_bootstrap, topics["deadletter"], bad_bets)
     finally:
         worker.stop()
 
@@ -293,3 +310,17 @@ def test_the_static_report_shows_the_same_bets_offline(browser: Any, story: Stor
     docs = Path(__file__).resolve().parents[2] / "docs" / "img" / "value.png"
     if os.environ.get("VALUELOOP_UPDATE_DOCS"):  # refresh the README's screenshot on request
         shutil.copy(SHOTS / "report-value.png", docs)
+
+
+def test_bets_that_cannot_be_used_are_dead_lettered_with_a_reason(story: Story) -> None:
+    dead = consume_all(story.bootstrap, story.deadletter, len(story.bad_bets), timeout=120)
+    got = {m.value(): dict(m.headers()) for m in dead}  # type: ignore[attr-defined]
+    for value in story.bad_bets:
+        assert got[value]["valueloop.reason"] == b"bad-expectation"
+    n = story.worker.wait_for(
+        "valueloop_events_rejected_total",
+        len(story.bad_bets),
+        topic="deployments",
+        reason="bad-expectation",
+    )
+    assert n == len(story.bad_bets)

@@ -13,14 +13,16 @@ import orjson
 from stream_app.codec import Decoded
 from stream_app.core.catalog import Catalog
 from stream_app.core.dora import DoraReport, DoraTracker, dora_metric_samples
-from stream_app.core.flow import FlowReport, FlowTracker, flow_metric_samples
+from stream_app.core.flow import FlowReport, FlowTracker, WorkCost, flow_metric_samples
 from stream_app.core.guard import GUARD_REASONS, Guard, Limits
 from stream_app.core.impact import DEFAULT_ALPHA, ImpactEngine
 from stream_app.core.ledger import (
     ExpectedBenefit,
     Features,
     LedgerEntry,
+    daily_level,
     item_entry,
+    kpi_unit,
     ledger_metric_samples,
     release_entry,
 )
@@ -30,7 +32,14 @@ from stream_app.events.model import Incident, KpiSample, Release, WorkflowEvent
 
 # Core outcomes that mean "this input cannot be used": the edge dead-letters it with this reason.
 DEADLETTER_OUTCOMES = frozenset(
-    {"unknown-stream", "out-of-scope", "invalid-value", "too-many-label-values", *GUARD_REASONS}
+    {
+        "unknown-stream",
+        "out-of-scope",
+        "invalid-value",
+        "too-many-label-values",
+        "bad-expectation",
+        *GUARD_REASONS,
+    }
 )
 _SNAPSHOT = b"VLP1"  # older service snapshots: magic, u32 engine snapshot length, engine, guard
 # A service snapshot: magic, then its engine, guard, flow, DORA and ledger parts, each prefixed
@@ -124,12 +133,17 @@ class Pipeline:
         features: Features | None = None,
         limits: Limits | None = None,
         clock: Callable[[], float] | None = None,
+        cost_per_hour: float | None = None,
+        currency: str = "",
+        rework_window_seconds: float = 86400.0,
     ) -> None:
         self.limits = limits or Limits()
         if self.limits.max_label_values is not None:
             catalog = replace(catalog, max_label_values=self.limits.max_label_values)
         self.catalog = catalog
         self.features = features or Features()
+        self.cost_per_hour = cost_per_hour
+        self.currency = currency
         self.engine = ImpactEngine(catalog, alpha=alpha)
         # Sanity and cardinality limits, checked before an event may touch or create state. The
         # edge injects its wall clock for the future-time check (the core never reads it).
@@ -138,7 +152,7 @@ class Pipeline:
         self._admitted: Decoded | None = None
         vs = valuestream or load_valuestream()
         self.flow = FlowTracker(vs)
-        self.dora = DoraTracker(vs)
+        self.dora = DoraTracker(vs, rework_window_seconds=rework_window_seconds)
         self.report_period_seconds = report_period_seconds
         self.max_event_time = float("-inf")
         # Ledger bookkeeping: release id -> (service, version, flag, commits + change ids, time),
@@ -146,6 +160,10 @@ class Pipeline:
         self._rel: dict[str, tuple[str, str, str | None, tuple[str, ...], float]] = {}
         self._ledgered: dict[str, float] = {}
         self._ledger_service: dict[str, str] = {}  # release id of `_ledgered` -> its service
+        # Bets declared on events: on a release (release id -> bets) and on a work item
+        # ((value stream, item id) -> bets; the latest declaration of an item wins).
+        self._declared: dict[str, tuple[ExpectedBenefit, ...]] = {}
+        self._item_declared: dict[tuple[str, str], tuple[ExpectedBenefit, ...]] = {}
         # What the histograms already observed: finished items and first-deployed changes.
         self._observed_items: set[tuple[str, str]] = set()
         self._observed_changes: set[tuple[str, str]] = set()
@@ -166,6 +184,8 @@ class Pipeline:
         if isinstance(event, Release):
             if event.id in self._rel:  # a producer retry: counted once
                 return Step([], "duplicate", event.service)
+            if not self._known_kpis(event.service, event.expect):
+                return Step([], "bad-expectation", event.service)
             rel_outcome, records = self.engine.add_release(event)
             records = records + self.engine.advance(event.service)
             if rel_outcome == "duplicate" and not records:
@@ -178,6 +198,12 @@ class Pipeline:
                 records, "accepted" if rel_outcome == "out-of-scope" else rel_outcome, event.service
             )
         if isinstance(event, WorkflowEvent):
+            if event.expect:
+                if not self._known_kpis(event.service, event.expect):
+                    return Step([], "bad-expectation", event.service)
+                vs = self.flow.defn.stream_of(event.service)
+                self._item_declared[(vs, event.item_id)] = event.expect
+                self._ledger_dirty.add(event.service)
             self.dora.on_workflow(event)
             return Step([], str(self.flow.on_workflow(event)), event.service)
         if isinstance(event, Incident):
@@ -361,6 +387,16 @@ class Pipeline:
             },
             "observed_items": items,
             "observed_changes": sorted(k for k in self._observed_changes if k[0] == service),
+            "declared": {
+                rid: [[b.kpi, b.direction, b.change] for b in bets]
+                for rid, bets in self._declared.items()
+                if rid in self._rel and self._rel[rid][0] == service
+            },
+            "item_declared": [
+                [vs, item, [[b.kpi, b.direction, b.change] for b in bets]]
+                for (vs, item), bets in sorted(self._item_declared.items())
+                if vs == stream and self._item_owner(vs, item) == service
+            ],
             # The latest event time seen when this was written: reports are as of it.
             "max_event_time": self.max_event_time if math.isfinite(self.max_event_time) else None,
         }
@@ -378,8 +414,16 @@ class Pipeline:
             self._ledger_service[rid] = service_of.get(rid) or self._verdict_service(rid)
         self._observed_items.update((a, b) for a, b in doc["observed_items"])
         self._observed_changes.update((a, b) for a, b in doc["observed_changes"])
+        for rid, bets in doc.get("declared", {}).items():
+            self._declared[rid] = tuple(ExpectedBenefit(k, d, c) for k, d, c in bets)
+        for vs, item, bets in doc.get("item_declared", []):
+            self._item_declared[(vs, item)] = tuple(ExpectedBenefit(k, d, c) for k, d, c in bets)
         if doc["max_event_time"] is not None:
             self.max_event_time = max(self.max_event_time, doc["max_event_time"])
+
+    def _item_owner(self, value_stream: str, item: str) -> str | None:
+        """The service a work item belongs to (the flow tracker's), None when it is not known."""
+        return self.flow.item_service(value_stream, item)
 
     def _verdict_service(self, release_id: str) -> str:
         info = self.dora.release_info(release_id)
@@ -391,6 +435,10 @@ class Pipeline:
         drop = {rid for rid, svc in self._ledger_service.items() if svc in gone}
         self._ledgered = {rid: t for rid, t in self._ledgered.items() if rid not in drop}
         self._ledger_service = {rid: s for rid, s in self._ledger_service.items() if s not in gone}
+        self._declared = {rid: b for rid, b in self._declared.items() if rid in self._rel}
+        self._item_declared = {
+            k: b for k, b in self._item_declared.items() if self._item_owner(*k) not in gone
+        }
         self._observed_items = {
             k for k in self._observed_items if self.flow.item_service(*k) not in gone
         }
@@ -403,8 +451,10 @@ class Pipeline:
 
     def _step(self, records: list[VerdictRecord], outcome: str, service: str) -> Step:
         judged: dict[str, None] = {}
+        dens: dict[str, dict[str, float]] = {}
         for rec in records:
-            if self.dora.on_verdict(rec) == "accepted":
+            level = self._level(rec, dens) if rec.phase == "final" else None
+            if self.dora.on_verdict(rec, level) == "accepted":
                 judged[rec.release_id] = None
                 self._ledgered[rec.release_id] = rec.release_time
                 self._ledger_service[rec.release_id] = rec.service
@@ -412,13 +462,86 @@ class Pipeline:
         ledger = [e for rid in judged for e in self.ledger_entries(rid)]
         return Step(records, outcome, service, ledger)
 
+    def _level(
+        self, rec: VerdictRecord, dens: dict[str, dict[str, float]]
+    ) -> tuple[float, str] | None:
+        """A final verdict's KPI baseline level in business units a day, and its unit."""
+        spec = next((k for k in self.catalog.for_service(rec.service) if k.name == rec.kpi), None)
+        if spec is None:
+            return None
+        unit = kpi_unit(spec.aggregation, spec.stream or spec.name, spec.numerator)
+        if unit is None:
+            return None
+        if rec.release_id not in dens:
+            # Denominator per bucket holding data, from the release's baseline windows (read once
+            # per release and step; sum KPIs have 1 per bucket).
+            per: dict[str, float] = {}
+            for kw in self.engine.release_windows(rec.release_id):
+                filled = sum(1 for d in kw.baseline.den if d > 0)
+                if filled:
+                    per[kw.spec.name] = sum(kw.baseline.den) / filled
+            dens[rec.release_id] = per
+        den = 1.0 if spec.aggregation == "sum" else dens[rec.release_id].get(spec.name)
+        if den is None:
+            return None
+        level = daily_level(
+            spec.aggregation, rec.judgement.baseline_value, den, spec.bucket_seconds
+        )
+        return None if level is None else (level, unit)
+
+    def _known_kpis(self, service: str, bets: tuple[ExpectedBenefit, ...]) -> bool:
+        """Whether every bet names a KPI the catalog judges for the service."""
+        if not bets:
+            return True
+        names = {k.name for k in self.catalog.for_service(service)}
+        return all(b.kpi in names for b in bets)
+
     def _note_release(self, r: Release) -> None:
         shipped = tuple(dict.fromkeys((*r.commits, *r.change_ids)))
         self._rel.setdefault(r.id, (r.service, r.version, r.flag_key, shipped, r.time))
         self._ledger_dirty.add(r.service)
-        if self.features.expected_for(r.service, r.version, r.flag_key, shipped):
+        if r.expect:
+            self._declared[r.id] = r.expect
+        if self._expected(r.id, r.service, r.version, r.flag_key, shipped):
             self._ledgered.setdefault(r.id, r.time)
             self._ledger_service.setdefault(r.id, r.service)
+
+    def _expected(
+        self,
+        release_id: str,
+        service: str,
+        version: str,
+        flag: str | None,
+        shipped: tuple[str, ...],
+    ) -> tuple[ExpectedBenefit, ...]:
+        """A release's bets. Per KPI the first declaration wins, in this order: the release's
+        own event (deployment or flag change), its work items' (in shipped order), the features
+        file."""
+        vs = self.flow.defn.stream_of(service)
+        sources = [self._declared.get(release_id, ())]
+        sources += [self._item_declared.get((vs, item), ()) for item in shipped]
+        sources.append(self.features.expected_for(service, version, flag, shipped))
+        out: dict[str, ExpectedBenefit] = {}
+        for bets in sources:
+            for b in bets:
+                out.setdefault(b.kpi, b)
+        return tuple(out.values())
+
+    def item_bets(
+        self, service: str, shipped: tuple[str, ...]
+    ) -> list[tuple[str, tuple[ExpectedBenefit, ...]]]:
+        """(item, bets) of the shipped work items with bets: declared on the item, else in the
+        features file (per KPI, the item's own declaration wins)."""
+        vs = self.flow.defn.stream_of(service)
+        out: dict[str, dict[str, ExpectedBenefit]] = {}
+        for item in shipped:
+            for b in self._item_declared.get((vs, item), ()):
+                out.setdefault(item, {}).setdefault(b.kpi, b)
+        for bet in self.features.item_bets(shipped):
+            assert bet.item is not None  # item_bets only returns item bets
+            for b in bet.expected:
+                out.setdefault(bet.item, {}).setdefault(b.kpi, b)
+        return [(item, tuple(bets.values())) for item, bets in out.items()]
 
     def ledger_entries(self, release_id: str) -> list[LedgerEntry]:
         """The ledger entries of a release: its own, then one per declared feature item it shipped.
@@ -430,18 +553,27 @@ class Pipeline:
         if entry is None:
             return []
         out = [entry]
-        for bet in self.features.item_bets(entry.cost.item_ids):
-            assert bet.item is not None  # item_bets only returns item bets
+        for item_id, bets in self.item_bets(entry.service, entry.cost.item_ids):
             item = item_entry(
                 self.flow.defn.stream_of(entry.service),
-                bet.item,
+                item_id,
                 self.flow,
                 self.dora,
-                bet.expected,
+                bets,
+                self.cost_per_hour,
             )
             if item is not None:
                 out.append(item)
         return out
+
+    def release_bets(self, release_id: str) -> tuple[ExpectedBenefit, ...]:
+        """The bets a release carries (see `_expected` for the precedence); () when unknown."""
+        facts = self._rel.get(release_id)
+        if facts is None:
+            return ()
+        items = self.flow.release_cost(release_id).item_ids
+        shipped = tuple(dict.fromkeys((*facts[3], *items)))
+        return self._expected(release_id, facts[0], facts[1], facts[2], shipped)
 
     def _release_entry(self, release_id: str) -> LedgerEntry | None:
         facts = self._rel.get(release_id)
@@ -450,8 +582,8 @@ class Pipeline:
             # Items the flow tracker linked to the release count as shipped by it too.
             items = self.flow.release_cost(release_id).item_ids
             shipped = tuple(dict.fromkeys((*facts[3], *items)))
-            expected = self.features.expected_for(facts[0], facts[1], facts[2], shipped)
-        return release_entry(release_id, self.flow, self.dora, expected)
+            expected = self._expected(release_id, facts[0], facts[1], facts[2], shipped)
+        return release_entry(release_id, self.flow, self.dora, expected, self.cost_per_hour)
 
     def report(self, now: float | None = None) -> Report | None:
         """Flow, DORA and ledger reports as of `now` (default: the latest event time; None before).
@@ -468,6 +600,10 @@ class Pipeline:
         cutoff = t - self.dora.retention
         for rid in [rid for rid, (*_, rt) in self._rel.items() if rt < cutoff]:
             del self._rel[rid]
+            self._declared.pop(rid, None)
+        # Bets of items the flow tracker forgot go too (bounded as the tracker is).
+        for vs, item in [k for k in self._item_declared if self.flow.item_cost(*k) is None]:
+            del self._item_declared[(vs, item)]
         self._ledgered = {rid: rt for rid, rt in self._ledgered.items() if rt >= cutoff}
         self._ledger_service = {
             rid: svc for rid, svc in self._ledger_service.items() if rid in self._ledgered
@@ -479,6 +615,42 @@ class Pipeline:
             if (e := self._release_entry(rid)) is not None
         )
         return Report(t, flow, dora, ledger)
+
+    def ledger_report(self, now: float, period_seconds: float) -> list[LedgerEntry]:
+        """Ledger entries of the releases of ``(now - period, now]`` that were judged or carry
+        bets, each followed by its declared feature items' entries (as published)."""
+        out: list[LedgerEntry] = []
+        for rid, rt in sorted(self._ledgered.items(), key=lambda kv: (kv[1], kv[0])):
+            if now - period_seconds < rt <= now:
+                out.extend(self.ledger_entries(rid))
+        return out
+
+    def bets_in_progress(
+        self, now: float
+    ) -> list[tuple[str, str, str | None, tuple[ExpectedBenefit, ...], WorkCost]]:
+        """Work items with bets that are not finished at ``now``: (value stream, item, stage,
+        bets, cost so far), in value stream and item order."""
+        wanted: dict[tuple[str, str], dict[str, ExpectedBenefit]] = {}
+        for key, declared in self._item_declared.items():
+            for b in declared:
+                wanted.setdefault(key, {}).setdefault(b.kpi, b)
+        for bet in self.features.bets:
+            if bet.item is None:
+                continue
+            streams = (
+                (self.flow.defn.stream_of(bet.service),) if bet.service else self.flow.streams()
+            )
+            for vs in streams:
+                for b in bet.expected:
+                    wanted.setdefault((vs, bet.item), {}).setdefault(b.kpi, b)
+        out = []
+        for (vs, item), bets in sorted(wanted.items()):
+            st = self.flow.item_state(vs, item, now)
+            cost = self.flow.item_cost(vs, item)
+            if st is None or st[1] or cost is None:
+                continue
+            out.append((vs, item, st[0], tuple(bets.values()), cost))
+        return out
 
     def drain_observations(self, now: float | None = None) -> list[MetricSample]:
         """Histogram observations not yet handed out, as (metric name, labels, value).

@@ -48,6 +48,9 @@ def build_worker_app(
         load_valuestream(settings.valuestream_file),
         report_period_seconds=settings.report_period_days * 86400.0,
         features=load_features(settings.features_file),
+        cost_per_hour=settings.cost_per_hour,
+        currency=settings.currency,
+        rework_window_seconds=settings.rework_window_hours * 3600.0,
         limits=settings.guard_limits(),
         clock=time.time,
     )

@@ -371,6 +371,20 @@ class FlowTracker:
         it = self._items.get(value_stream, {}).get(item_id)
         return None if it is None else self._cost([it])
 
+    def streams(self) -> tuple[str, ...]:
+        """The value streams with items, sorted."""
+        return tuple(sorted(self._items))
+
+    def item_state(
+        self, value_stream: str, item_id: str, now: float
+    ) -> tuple[str | None, bool, str | None] | None:
+        """Where an item is at ``now``: (stage it counts in, finished, item type); None: unknown."""
+        it = self._items.get(value_stream, {}).get(item_id)
+        if it is None:
+            return None
+        done = it.finished_at is not None and it.finished_at <= now
+        return (None if done else self._where(it, now)), done, it.item_type
+
     def item_release(self, value_stream: str, item_id: str) -> str | None:
         """The id of the release that took an item to production, if any."""
         it = self._items.get(value_stream, {}).get(item_id)

@@ -30,6 +30,8 @@ from bench._workerproc import free_port
 from stream_app import codec, simulate
 from stream_app.broker import start_broker, stop_broker
 from stream_app.core.catalog import load_catalog
+from stream_app.events.ledger import encode_ledger
+from stream_app.metrics import Metrics
 from stream_app.pipeline import Pipeline
 from stream_app.producer import Sender, ensure_topics
 from stream_app.settings import INPUT_TOPIC_KEYS, Settings
@@ -57,8 +59,26 @@ VERDICT_FIELDS = (
     "seasonal_reference",
 )
 VerdictKey = tuple[str, str, str]  # (release_id, kpi, phase)
+LedgerKey = tuple[str | None, str | None, str]  # (release_id, item_id, service)
+# The flow, DORA and ledger figures of /metrics (what `Pipeline.report_samples` sets).
+REPORT_SERIES = Metrics().report_names
 Totals = dict[str, dict[str, dict[str, float]]]  # service -> "stream/scope" -> figures
 SERVICE_NAMES = ("checkout", "catalog", "payments", "search")
+# Work items of the harness streams: short stages (95 minutes on average, the QA queue the
+# bottleneck), so items shipped by a release an hour or two into the stream start inside it.
+WORKFLOW_PLAN = simulate.WorkflowPlan(
+    items_per_release=2.0,
+    wip_items=4,
+    stages=(
+        simulate.Stage("backlog", "waiting", 15),
+        simulate.Stage("dev", "active", 25),
+        simulate.Stage("review", "active", 10),
+        simulate.Stage("waiting-for-qa", "waiting", 30),
+        simulate.Stage("qa", "active", 10),
+        simulate.Stage("deploy", "active", 5),
+    ),
+    duration_sigma=0.3,
+)
 # faust reads these from the environment. Its defaults (60 s) keep a SIGKILLed member in the group
 # for a minute, so every restart after a kill waits that long for its rebalance; harnesses use
 # shorter ones (the broker's group.min.session.timeout.ms is 6 s).
@@ -125,26 +145,33 @@ def run_main(
 
 
 def stream_scenario(
-    seed: int, events: int, services: int = 6, samples_per_minute: int = 1, partitions: int = 4
+    seed: int,
+    events: int,
+    services: int = 6,
+    samples_per_minute: int = 1,
+    partitions: int = 4,
+    *,
+    flow: bool = False,
 ) -> simulate.Scenario:
     """A multi-service stream of at least about `events` events with releases throughout.
 
     Built on the accuracy scenario (a day of history, then releases every ~150 minutes per
     service with effects of -10..+10 %, overlapping pairs, regional releases and flags), sized by
     its number of releases. Small sizes get `compact_scenario` (the day of history alone would
-    hold more events than asked for).
+    hold more events than asked for). `flow`: with work items and incidents too
+    (`with_flow_and_incidents`).
     """
     names = service_names(services, partitions)
     per_minute = EVENTS_PER_SERVICE_MINUTE * len(names) * samples_per_minute
     if events < per_minute * (1440 + 90 + 120 + 300):
-        return compact_scenario(seed, events, services, partitions)
+        return compact_scenario(seed, events, services, partitions, flow=flow)
     n = len(names)
     while True:
         sc = simulate.accuracy_scenario(
             seed, n, services=names, overlap_fraction=0.05, samples_per_minute=samples_per_minute
         )
         if sc.duration_seconds / 60 * per_minute >= events:
-            return sc
+            return with_flow_and_incidents(sc) if flow else sc
         n += len(names)
 
 
@@ -177,11 +204,11 @@ _COMPACT_PLAN: tuple[tuple[dict[str, float], dict[str, str], str], ...] = (
 
 
 def compact_scenario(
-    seed: int, events: int, services: int = 3, partitions: int = 4
+    seed: int, events: int, services: int = 3, partitions: int = 4, *, flow: bool = False
 ) -> simulate.Scenario:
     """About `events` events: 2 h of history, then one release per service every 100 minutes
     (effects cycled from bad/neutral/good/slower/flag/regional, one overlapping pair), no
-    day-ago reference. For CI-sized runs."""
+    day-ago reference. For CI-sized runs. `flow`: with work items and incidents too."""
     names = service_names(services, partitions)
     start = simulate.ACCURACY_START
     minutes = max(240, math.ceil(events / (EVENTS_PER_SERVICE_MINUTE * len(names))))
@@ -215,13 +242,40 @@ def compact_scenario(
             i += 1
             t += 100
     plans.sort(key=lambda p: (p.time, p.service))
-    return simulate.Scenario(
+    sc = simulate.Scenario(
         seed=seed,
         start=start,
         duration_seconds=60.0 * minutes,
         services=tuple(simulate.service_profile(n) for n in names),
         releases=tuple(plans),
     )
+    return with_flow_and_incidents(sc) if flow else sc
+
+
+def with_flow_and_incidents(sc: simulate.Scenario) -> simulate.Scenario:
+    """The scenario with work items (`WORKFLOW_PLAN`) and incidents: one caused by each of the
+    first two deployments planned as bad (linked by deployment id; the second never resolved),
+    and one of the first release's service an hour after it, linked by time."""
+    bad = [
+        i
+        for i, p in enumerate(sc.releases)
+        if p.kind in ("deployed", "upgraded") and any(v < 0 for v in p.effects.values())
+    ][:2]
+    incidents = [
+        simulate.PlannedIncident(
+            sc.releases[i].service,
+            sc.releases[i].time + 1200.0,
+            sc.releases[i].time + 3000.0 if k == 0 else None,
+            release=i,
+        )
+        for k, i in enumerate(bad)
+    ]
+    if sc.releases:
+        first = sc.releases[0]
+        incidents.append(
+            simulate.PlannedIncident(first.service, first.time + 3600.0, first.time + 4200.0)
+        )
+    return dataclasses.replace(sc, workflow=WORKFLOW_PLAN, incidents=tuple(incidents))
 
 
 def with_sample_ids(events: Iterable[codec.Decoded], prefix: str = "s") -> Iterator[codec.Decoded]:
@@ -373,6 +427,10 @@ class Worker:
         """Sum of the samples of `name` whose labels include `labels` (0.0 when none or when the
         worker does not answer)."""
         return workerproc.metric_value(self._exposition(), name, **labels)
+
+    def figures(self) -> dict[str, float]:
+        """The flow, DORA and ledger figures of /metrics (`REPORT_SERIES`), as `samples` keys."""
+        return report_figures(workerproc.parse_samples(self._exposition()))
 
     def totals(self) -> Totals:
         status, body = self.get("/state/totals", timeout=60)
@@ -636,18 +694,63 @@ def merge_totals(parts: Iterable[Totals]) -> tuple[Totals, list[str]]:
     return out, sorted(set(both))
 
 
+def report_figures(samples: Iterable[tuple[str, dict[str, str], float]]) -> dict[str, float]:
+    """The `REPORT_SERIES` samples among `samples`, as {'name{k="v",...}': value}."""
+    out: dict[str, float] = {}
+    for name, labels, value in samples:
+        if name in REPORT_SERIES:
+            text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+            out[f"{name}{{{text}}}"] = value
+    return out
+
+
+def figure_differences(want: Mapping[str, float], have: Mapping[str, float]) -> list[Any]:
+    """Every flow/DORA/ledger series missing, extra or with another value: [series, want, have]."""
+    return [
+        [k, want.get(k), have.get(k)]
+        for k in sorted(set(want) | set(have))
+        if want.get(k) != have.get(k)
+    ]
+
+
+def latest_ledger(records: Iterable[Mapping[str, Any]]) -> dict[LedgerKey, dict[str, Any]]:
+    """The latest value-ledger record per (release, item, service), in the order given."""
+    return {(r["release_id"], r["item_id"], r["service"]): dict(r) for r in records}
+
+
+def ledger_differences(
+    want: Mapping[LedgerKey, Mapping[str, Any]], have: Mapping[LedgerKey, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Every ledger entry missing, extra or different between two sets of latest records."""
+    diffs: list[dict[str, Any]] = []
+    for k in sorted(set(want) | set(have), key=str):
+        a, b = want.get(k), have.get(k)
+        if a != b:
+            kind = "missing" if b is None else "extra" if a is None else "differs"
+            diffs.append({"key": list(k), "kind": kind, "want": a, "have": b})
+    return diffs
+
+
 class RecordingPipeline(Pipeline):
-    """A Pipeline that keeps the JSON of every verdict it produced (the offline reference)."""
+    """A Pipeline that keeps the JSON of every verdict and ledger entry it produced (the offline
+    reference)."""
 
     def __init__(self) -> None:
         super().__init__(load_catalog())
         self.records: list[dict[str, Any]] = []
+        self.ledger_records: list[dict[str, Any]] = []
 
     def handle(self, event: codec.Decoded) -> Any:
         step = super().handle(event)
         for rec in step.records:
             self.records.append(orjson.loads(codec.encode_verdict(rec)))
+        for entry in step.ledger:
+            self.ledger_records.append(orjson.loads(encode_ledger(entry)))
         return step
+
+    def figures(self) -> dict[str, float]:
+        """The flow, DORA and ledger figures as a worker that read the same events exports them."""
+        return report_figures(self.report_samples())
 
     def result(self) -> tuple[dict[VerdictKey, dict[str, Any]], Totals]:
         return latest_verdicts(self.records), self.engine.bucket_totals()

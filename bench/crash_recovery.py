@@ -7,8 +7,11 @@ real broker (its own, unless --bootstrap), then runs two consumer groups over it
 "clean" (one worker, never interrupted) and "killed" (one worker, SIGKILLed on its process group at
 random points of its progress and restarted each time with the same app id and data dir). When both
 have committed every input partition to its end and flushed their state after that, it compares
-the latest verdict per (release, KPI, phase) on each run's impact topic and every bucket total
-(GET /state/totals), and both against the same core run in-process over the same events.
+the latest verdict per (release, KPI, phase) on each run's impact topic, every bucket total
+(GET /state/totals), every flow, DORA and ledger figure of /metrics and the latest value-ledger
+record per (release, item) on each run's ledger topic, and all of them against the same core run
+in-process over the same events. The stream carries work items and incidents besides the
+telemetry and releases, so the flow and DORA figures have something to lose in a crash.
 Writes the result as JSON and prints a one-line summary; exit status 1 when anything differs.
 """
 
@@ -32,10 +35,13 @@ from bench._recovery_harness import (
     committed_offsets,
     deadletter_reasons,
     duplicate_emissions,
+    figure_differences,
     find_samples,
     group_progress,
     input_partitions,
+    latest_ledger,
     latest_verdicts,
+    ledger_differences,
     produce,
     read_topic,
     run_main,
@@ -66,7 +72,7 @@ def run_crash_recovery(
 ) -> dict[str, Any]:
     """Run the comparison and return its result (see the module docstring)."""
     t_start = time.monotonic()
-    scenario = stream_scenario(seed, events, services, partitions=partitions)
+    scenario = stream_scenario(seed, events, services, partitions=partitions, flow=True)
     prefix = f"cr{seed}-{uuid.uuid4().hex[:6]}"
     s_clean, env_clean = topic_settings(
         bootstrap, prefix, f"{prefix}-clean", partitions=partitions, outputs=f"{prefix}.clean"
@@ -82,7 +88,8 @@ def run_crash_recovery(
     ensure_topics(s_killed)
     log(f"produced {produced.total} events {dict(produced.by_role)} in {produced.seconds:.1f} s")
     names = s_clean.topic_names()
-    parts = input_partitions(bootstrap, [names["deployments"], names["telemetry"]])
+    inputs = ("deployments", "telemetry", "workflow", "incidents")
+    parts = input_partitions(bootstrap, [names[r] for r in inputs])
 
     clean = Worker(env_clean, workdir / "clean" / "data", "clean").start()
     killed = Worker(env_killed, workdir / "killed" / "data", "killed").start()
@@ -142,6 +149,7 @@ def run_crash_recovery(
             wait_done(bootstrap, group[w.name], parts, [w], timeout=timeout, log=log)
             finished[w.name] = round(time.monotonic() - t_run, 1)
         totals = {w.name: w.totals() for w in (clean, killed)}
+        figures = {w.name: w.figures() for w in (clean, killed)}
         counters = {
             w.name: {
                 o: w.metric("valueloop_samples_total", outcome=o)
@@ -174,7 +182,12 @@ def run_crash_recovery(
         "killed": read_topic(bootstrap, s_killed.topic_impact),
     }
     latest = {k: latest_verdicts(v) for k, v in records.items()}
+    ledger = {
+        "clean": latest_ledger(read_topic(bootstrap, s_clean.topic_ledger)),
+        "killed": latest_ledger(read_topic(bootstrap, s_killed.topic_ledger)),
+    }
     ref_verdicts, ref_totals = ref.result()
+    ref_figures, ref_ledger = ref.figures(), latest_ledger(ref.ledger_records)
     final, interim = ("final",), ("interim",)
     diffs = {
         "verdicts_killed_vs_clean": verdict_differences(latest["clean"], latest["killed"], final),
@@ -185,6 +198,10 @@ def run_crash_recovery(
         # telemetry, so an interim look may already know a later overlapping release.
         "interim_clean_vs_replay": verdict_differences(ref_verdicts, latest["clean"], interim),
         "totals_clean_vs_replay": totals_differences(ref_totals, totals["clean"]),
+        "figures_killed_vs_clean": figure_differences(figures["clean"], figures["killed"]),
+        "figures_clean_vs_replay": figure_differences(ref_figures, figures["clean"]),
+        "ledger_killed_vs_clean": ledger_differences(ledger["clean"], ledger["killed"]),
+        "ledger_clean_vs_replay": ledger_differences(ref_ledger, ledger["clean"]),
     }
     finals = sum(1 for k in latest["clean"] if k[2] == "final")
     result.update(
@@ -195,6 +212,19 @@ def run_crash_recovery(
             "impact_records": {k: len(v) for k, v in records.items()},
             "re_emitted_verdicts": {k: duplicate_emissions(v) for k, v in records.items()},
             "series_compared": sum(len(v) for v in ref_totals.values()),
+            "figures_compared": len(ref_figures),
+            "ledger_entries_compared": len(ref_ledger),
+            "figures_of_note": {
+                k: v
+                for k, v in ref_figures.items()
+                if k.startswith(
+                    (
+                        "valueloop_deployments_total",
+                        "valueloop_deployment_failures_total",
+                        "valueloop_flow_items_finished_total",
+                    )
+                )
+            },
             "samples_counter": counters,
             "accepted_samples_all_incarnations": accepted_before_kills
             + counters["killed"]["accepted"],
@@ -228,11 +258,14 @@ def summary(r: dict[str, Any]) -> str:
     return (
         f"crash_recovery seed={r['seed']} events={r['events']} kills={len(r['kills'])} "
         f"verdicts={r['verdicts']['clean']} (final {r['final_verdicts']}) "
-        f"series={r['series_compared']} "
+        f"series={r['series_compared']} figures={r['figures_compared']} "
+        f"ledger={r['ledger_entries_compared']} "
         f"diff killed-vs-clean: final={d['verdicts_killed_vs_clean']} "
-        f"interim={d['interim_killed_vs_clean']} totals={d['totals_killed_vs_clean']}; "
+        f"interim={d['interim_killed_vs_clean']} totals={d['totals_killed_vs_clean']} "
+        f"figures={d['figures_killed_vs_clean']} ledger={d['ledger_killed_vs_clean']}; "
         f"clean-vs-replay: final={d['verdicts_clean_vs_replay']} "
-        f"interim={d['interim_clean_vs_replay']} totals={d['totals_clean_vs_replay']}; "
+        f"interim={d['interim_clean_vs_replay']} totals={d['totals_clean_vs_replay']} "
+        f"figures={d['figures_clean_vs_replay']} ledger={d['ledger_clean_vs_replay']}; "
         f"to end {r['seconds']['to_end']} s, total {r['seconds']['total']} s"
     )
 

@@ -330,6 +330,30 @@ EventTime = Annotated[
     float | None, typer.Option("--time", help="Event time, POSIX seconds. [default: now]")
 ]
 EventId = Annotated[str | None, typer.Option("--id", help="Event id. [default: a new UUID]")]
+Expect = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--expect",
+        help="A bet: KPI:CHANGE, e.g. conversion:+3% or latency_p95:-10% (repeat); sent as "
+        "customData.valueloop.expect.",
+    ),
+]
+
+
+def _expect(specs: list[str] | None) -> tuple[Any, ...]:
+    """``--expect conversion:+3%`` -> bets; a bad one stops the command before anything is sent."""
+    from stream_app.events.model import parse_expectation
+
+    out = []
+    for spec in specs or ():
+        kpi, sep, change = spec.rpartition(":")
+        if not sep:
+            fail(f"--expect {spec!r}: expected KPI:CHANGE, e.g. conversion:+3%")
+        try:
+            out.append(parse_expectation(kpi, change))
+        except ValueError as e:
+            fail(f"--expect {spec!r}: {e}")
+    return tuple(out)
 
 
 @emit_app.command("deployment")
@@ -349,6 +373,7 @@ def emit_deployment(
     ] = None,
     kind: Annotated[DeployKind, typer.Option(help="CDEvents service event.")] = DeployKind.deployed,
     form: Annotated[Form, typer.Option(help="CloudEvents form on the wire.")] = Form.plain,
+    expect: Expect = None,
     at: EventTime = None,
     event_id: EventId = None,
 ) -> None:
@@ -366,6 +391,7 @@ def emit_deployment(
             commits=tuple(commit or ()),
             change_ids=tuple(change_id or ()),
             scope=_labels(scope or []),
+            expect=_expect(expect),
         ),
         form,
     )
@@ -377,6 +403,7 @@ def emit_flag(
     flag: Annotated[str, typer.Option(help="Feature-flag key.")],
     variation: Annotated[str, typer.Option(help="Variation now served.")] = "on",
     rollout: Annotated[float, typer.Option(help="Rollout percentage, 0-100.")] = 100.0,
+    expect: Expect = None,
     at: EventTime = None,
     event_id: EventId = None,
 ) -> None:
@@ -392,6 +419,7 @@ def emit_flag(
             kind="flag",
             flag_key=flag,
             rollout_percent=rollout,
+            expect=_expect(expect),
         )
     )
 
@@ -584,6 +612,23 @@ def replay_cmd(
             "DORA, flow and value-ledger figures as JSON.",
         ),
     ] = None,
+    ledger_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--ledger-out",
+            help="Write the value ledger as JSON lines: the same records, in the same order, "
+            "as the worker publishes to the ledger topic (vsm.ledger); a later line for the "
+            "same release and item supersedes an earlier one.",
+        ),
+    ] = None,
+    cost_per_hour: Annotated[
+        float | None,
+        typer.Option(
+            "--cost-per-hour",
+            help="Money per active engineering hour, for the ledger's cost; also "
+            "VALUELOOP_COST_PER_HOUR. [default: hours only]",
+        ),
+    ] = None,
     max_rejected: Annotated[
         float,
         typer.Option(
@@ -657,13 +702,20 @@ def replay_cmd(
         "max_kpis_per_service": max_kpis_per_service,
         "max_label_values": max_label_values,
         "known_services": known_services,
+        "cost_per_hour": cost_per_hour,
     }
     # Set (or reset) every replay option; --kpis only when given, not to undo the top-level one.
     _State.overrides.update(
         {k: v for k, v in overrides.items() if k != "kpis_file" or v is not None}
     )
     result = run_replay(
-        settings(), files, out=out, quiet=quiet, report=report, summary_out=summary_out
+        settings(),
+        files,
+        out=out,
+        quiet=quiet,
+        report=report,
+        summary_out=summary_out,
+        ledger_out=ledger_out,
     )
     error = rejection_error(result, max_rejected)
     if error is not None:

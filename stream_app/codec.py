@@ -77,6 +77,7 @@ REASONS: tuple[str, ...] = (
     "unknown-schema-version",
     "wrong-topic",
     "envelope-mismatch",
+    "bad-expectation",
     "internal-error",
 )
 DETAIL_ERRORS = 4  # validation errors spelled out in a detail; the rest are counted

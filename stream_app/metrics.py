@@ -268,6 +268,13 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.rework = Gauge(
+            "valueloop_deployment_rework_ratio",
+            "Deployment rework rate over the period: rollbacks and deployments within the rework"
+            " window after a production failure / deployments and rollbacks.",
+            ["service"],
+            registry=r,
+        )
         self.recovery_time = Gauge(
             "valueloop_recovery_time_seconds",
             "Failed-deployment recovery time, by percentile (0.5, 0.85).",
@@ -325,6 +332,13 @@ class Metrics:
             ["service", "outcome"],
             registry=r,
         )
+        self.ledger_delivered = Gauge(
+            "valueloop_ledger_delivered_per_day",
+            "Delivered value a day of those releases' headline KPI (baseline level x change), in"
+            " the KPI's business unit (unit: orders, revenue, ...), by bet outcome.",
+            ["service", "outcome", "unit"],
+            registry=r,
+        )
         self.ledger_published = Counter(
             "valueloop_ledger_entries_total",
             "Value-ledger entries published to the ledger topic, by kind (release, item).",
@@ -365,9 +379,11 @@ class Metrics:
             self.bottleneck_wait_share,
             self.lead_time,
             self.change_failure,
+            self.rework,
             self.recovery_time,
             self.ledger_releases,
             self.ledger_cost,
+            self.ledger_delivered,
         ):
             self._by_name[m._name] = m
         for c in (self.flow_finished, self.deployments, self.deployment_failures):
@@ -378,6 +394,11 @@ class Metrics:
         self._current_version: dict[str, str] = {}
         self._current_release: dict[tuple[str, str], str] = {}
         self._release_times: dict[tuple[str, str], float] = {}
+
+    @property
+    def report_names(self) -> frozenset[str]:
+        """Names of the series `apply_samples` sets (flow, DORA and ledger report figures)."""
+        return frozenset(self._by_name)
 
     def apply_samples(self, samples: list[tuple[str, dict[str, str], float]]) -> None:
         """Set report samples (flow, DORA) from the core.

@@ -19,6 +19,7 @@ from stream_app.core.dora import DoraReport
 from stream_app.core.flow import Distribution, FlowReport
 from stream_app.core.ledger import LedgerEntry, load_features
 from stream_app.core.valuestream import load_valuestream
+from stream_app.events.ledger import encode_ledger
 from stream_app.pipeline import Pipeline
 from stream_app.replay import ReplayOutcome, read_events, replay, summary
 from stream_app.settings import Settings
@@ -53,12 +54,14 @@ def run_replay(
     quiet: bool = False,
     report: Path | None = None,
     summary_out: Path | None = None,
+    ledger_out: Path | None = None,
     con: Console | None = None,
 ) -> ReplayOutcome:
     """Replay files through the worker's pipeline; print a summary; write verdicts to `out`.
 
     With `report`, also write the web view's pages as one self-contained HTML file there; with
-    `summary_out`, the input counts, final verdicts, DORA, flow and ledger figures as JSON.
+    `summary_out`, the input counts, final verdicts, DORA, flow and ledger figures as JSON; with
+    `ledger_out`, the ledger entries as JSON lines, exactly the records the worker publishes.
     """
     con = con or console(quiet)
     pipeline = Pipeline(
@@ -66,6 +69,9 @@ def run_replay(
         load_valuestream(settings.valuestream_file),
         report_period_seconds=settings.report_period_days * 86400.0,
         features=load_features(settings.features_file),
+        cost_per_hour=settings.cost_per_hour,
+        currency=settings.currency,
+        rework_window_seconds=settings.rework_window_hours * 3600.0,
         limits=settings.guard_limits(),  # the worker's limits: the same events, the same verdicts
         clock=time.time,
     )
@@ -105,6 +111,11 @@ def run_replay(
         print_value_stream_maps(con, result.reports.flow)
         print_dora(con, result.reports.dora)
     print_ledger(con, result.ledger)
+    if ledger_out is not None:
+        with ledger_out.open("wb") as fh:
+            for entry in result.ledger:
+                fh.write(encode_ledger(entry) + b"\n")
+        con.print(f"ledger: {ledger_out} ({len(result.ledger)} record(s))")
     if summary_out is not None:
         summary_out.write_bytes(
             orjson.dumps(summary(result, files), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
@@ -268,6 +279,8 @@ def print_ledger(con: Console, entries: list[LedgerEntry]) -> None:
         t.add_column(col)
     for col in ("KPIs moved (final verdicts)", "expected", "outcome"):
         t.add_column(col)
+    for col in ("delivered a day [95% CI]", "cost", "value / eng. hour"):
+        t.add_column(col, justify="right")
     for e in sorted(latest.values(), key=lambda x: (x.time or 0.0, x.service, x.item_id or "")):
         moves = ", ".join(
             f"{k.kpi} {100 * k.change:+.1f}% ({k.verdict})"
@@ -290,5 +303,22 @@ def print_ledger(con: Console, entries: list[LedgerEntry]) -> None:
             moves or "no move",
             expected or "-",
             f"[{OUTCOME_COLORS.get(outcome, 'white')}]{outcome}[/]",
+            *_value_cells(e),
         )
     con.print(t)
+
+
+def _value_cells(e: LedgerEntry) -> tuple[str, str, str]:
+    """Delivered value a day with its interval, cost (money when a rate is set), value per hour."""
+    v = e.value
+    if v is None:
+        return "-", "-", "-"
+    h = v.headline
+    delivered = "-"
+    if h is not None:
+        delivered = f"{h.per_day:+,.1f} {h.unit}"
+        if h.per_day_low is not None and h.per_day_high is not None:
+            delivered += f" [{h.per_day_low:+,.1f}, {h.per_day_high:+,.1f}]"
+    cost = f"{v.active_hours:.1f} h" + ("" if v.cost is None else f" / {v.cost:,.0f}")
+    per_hour = "-" if v.value_per_hour is None or h is None else f"{v.value_per_hour:+,.2f}"
+    return delivered, cost, per_hour

@@ -183,6 +183,25 @@ class Settings(BaseSettings):
     report_period_days: float = Field(
         default=7.0, gt=0, description="Period of flow and DORA reports (event time, days)."
     )
+    cost_per_hour: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Money per active engineering hour: the value ledger's cost in money. Unset: "
+        "cost in hours only.",
+    )
+    rework_window_hours: float = Field(
+        default=24.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="DORA deployment rework rate: a deployment within this many hours after a "
+        "production failure of its service (incident, degraded verdict) is rework.",
+    )
+    currency: str = Field(
+        default="",
+        max_length=8,
+        description="Currency of cost_per_hour (and of revenue KPIs), e.g. EUR; shown only.",
+    )
 
     # HTTP CloudEvents sink (`valueloop sink`)
     sink_host: str = Field(

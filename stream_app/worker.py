@@ -48,6 +48,9 @@ def build_worker_app(
         load_valuestream(settings.valuestream_file),
         report_period_seconds=settings.report_period_days * 86400.0,
         features=load_features(settings.features_file),
+        cost_per_hour=settings.cost_per_hour,
+        currency=settings.currency,
+        rework_window_seconds=settings.rework_window_hours * 3600.0,
         limits=settings.guard_limits(),
         clock=time.time,
     )
@@ -88,9 +91,14 @@ def build_worker_app(
             return None  # already in the product's restored state
         return pipeline.handle_product_release(event)
 
-    # Inputs whose whole effect lives in the engine snapshots (exactly-once by offset); workflow
-    # and incident events feed the flow/DORA trackers, which rebuild from the committed offsets.
-    checkpointed = {settings.topic_deployments, settings.topic_telemetry}
+    # Every input's whole effect lives in the service snapshots (engine, flow, DORA and ledger
+    # state), checkpointed with the offsets they cover: exactly-once by offset.
+    checkpointed = {
+        settings.topic_deployments,
+        settings.topic_telemetry,
+        settings.topic_workflow,
+        settings.topic_incidents,
+    }
     # Product-level KPIs: a release is judged on its service's KPIs where it comes in (keyed by
     # service) and forwarded, keyed by product, to the partition of its product's state.
     products = pipeline.catalog.has_product_kpis()

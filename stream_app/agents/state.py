@@ -1,6 +1,8 @@
-"""Engine state in a changelog-backed faust table, checkpointed together with the input offsets.
+"""Service state in a changelog-backed faust table, checkpointed together with the input offsets.
 
-Exactly-once effect on the impact engine (buckets, releases, verdicts) without Kafka transactions:
+A service's value holds its impact engine state (buckets, releases, verdicts), its admission, and
+its part of the flow, DORA and ledger state (`Pipeline.snapshot_service`). Exactly-once effect on
+all of it without Kafka transactions:
 
 - Each service's snapshot carries the input offsets (topic, partition -> last offset) whose effects
   it contains. An event at or below its service's recorded offset is a replay after a crash or a
@@ -29,7 +31,11 @@ TABLE_NAME = (
     "impact-state"  # permanent: it names the changelog topic <app_id>-impact-state-changelog
 )
 SNAPSHOT_MAX_BYTES = 16 * 1024 * 1024
-_ENVELOPE = b"VLS1"  # envelope: magic, u32 meta length, meta (json), engine snapshot
+# Envelope: magic, u32 meta length, meta (json), service snapshot. Its own magic: the impact
+# engine's bare snapshots (the table's oldest values) begin with b"VLS1", as envelopes once did.
+_ENVELOPE = b"VLE1"
+_OLD_ENVELOPE = b"VLS1"
+_META_START = b'{"partition":'
 
 Offsets = dict[tuple[str, int], int]
 
@@ -43,12 +49,23 @@ def wrap(partition: int, offsets: Offsets, engine_snapshot: bytes) -> bytes:
 
 
 def unwrap(value: bytes) -> tuple[int | None, Offsets, bytes]:
-    """(partition, offsets, engine snapshot) of a table value (older bare snapshots: no offsets)."""
-    if not value.startswith(_ENVELOPE):
+    """(partition, offsets, service snapshot) of a table value (older bare snapshots: no offsets).
+
+    Reads both envelope magics; a value under the old one whose meta is not an envelope's is a
+    bare engine snapshot (same magic), returned whole.
+    """
+    if not value.startswith((_ENVELOPE, _OLD_ENVELOPE)):
+        return None, {}, value
+    start = len(_ENVELOPE) + 4
+    if len(value) < start:
         return None, {}, value
     (n,) = struct.unpack_from("<I", value, len(_ENVELOPE))
-    start = len(_ENVELOPE) + 4
-    meta = orjson.loads(value[start : start + n])
+    raw = value[start : start + n]
+    if value.startswith(_OLD_ENVELOPE) and not (
+        start + n <= len(value) and raw.startswith(_META_START) and raw.endswith(b"}")
+    ):
+        return None, {}, value
+    meta = orjson.loads(raw)
     offsets = {(str(t), int(p)): int(o) for t, p, o in meta.get("offsets", [])}
     return meta.get("partition"), offsets, value[start + n :]
 
@@ -119,7 +136,7 @@ class ServiceStateTable:
         return offset <= self.applied.get(service, {}).get((topic, partition), -1)
 
     def before(self, service: str, partition: int) -> None:
-        """Restore `service`'s state on first sight (inputs whose effects are not checkpointed)."""
+        """Restore `service`'s state on first sight (for input not checkpointed by offset)."""
         if service not in self.loaded:
             self._load(service, partition)
 
@@ -168,15 +185,16 @@ class ServiceStateTable:
         """
         self._last_flush = time.monotonic()
         engine = self.pipeline.engine
-        changed = engine.dirty_services() | self._touched
-        known = set(engine.services())
+        # A service's snapshot holds its engine state and its part of the flow, DORA and ledger
+        # state: all written here, with the input offsets whose effects they hold.
+        changed = engine.dirty_services() | self._touched | self.pipeline.dirty_services()
         n = 0
         for service in sorted(changed):
             partition = self.partition_of.get(service)
-            if partition is None or service not in known:
+            if partition is None:
                 continue
             key = service.encode()
-            snap = self.pipeline.snapshot_service(service)  # engine and guard state
+            snap = self.pipeline.snapshot_service(service)
             value = wrap(partition, self.applied.get(service, {}), snap)
             self.table.data[key] = value
             self.table.send_changelog(
@@ -186,6 +204,7 @@ class ServiceStateTable:
             if self.on_snapshot is not None:
                 self.on_snapshot(service)
         engine.clear_dirty()
+        self.pipeline.clear_dirty()
         self._touched.clear()
         return n
 

@@ -24,6 +24,18 @@ computed per service over the period ``(now - period, now]``:
   deployment of the service that did not fail itself. Failures not yet recovered at ``now`` are
   counted as unrecovered, not given a time.
 
+- **Deployment rework rate** (DORA's fifth metric, 2024: "the ratio of deployments that are
+  unplanned but happen as a result of an incident in production",
+  https://dora.dev/guides/dora-metrics/): the share of the period's production deployments and
+  rollbacks that were rework. A rollback is always rework; a deployment is rework when it comes
+  within ``rework_window`` (default 24 h) after a production failure of the same service began:
+  an incident of the service was detected, or a deployment of the service that got a
+  ``degraded`` final verdict on a critical KPI went out (the fix-forward).
+
+Each metric also gets a DORA performance level (`level_of`): elite, high, medium or low, from the
+2023 Accelerate State of DevOps Report's software delivery performance clusters (see
+`LEVEL_THRESHOLDS`). Rework rate has no level: DORA has published no bands for it yet.
+
 Incidents link to the deployment that caused them by, in order: the incident's explicit deployment
 id (when that deployment is known); the artifact it names (``subject.content.artifactId``: the
 latest deployment of the service, at or before the incident, of the purl's version or the digest);
@@ -38,6 +50,7 @@ time when that is all that is known).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -93,6 +106,11 @@ class KpiOutcome:
     change: float | None  # relative change (0.05 = +5 %)
     critical: bool
     revision: int
+    ci_low: float | None = None  # the change's 95 % interval
+    ci_high: float | None = None
+    # The baseline level in business units a day (see `core.ledger.daily_level`) and its unit.
+    daily_level: float | None = None
+    unit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +161,9 @@ class DoraReport:
     incidents: tuple[IncidentLink, ...]  # incidents of the period and their links
     deployments_total: int  # cumulative since the tracker started (counter)
     failures_total_by_cause: dict[str, int]  # cumulative (counter)
+    rollbacks: int = 0  # production rollbacks in the period
+    rework_deployments: int = 0  # rollbacks + deployments within the window after a failure
+    rework_rate: float | None = None  # rework / (deployments + rollbacks); None without any
 
 
 @dataclass(slots=True)
@@ -177,7 +198,9 @@ class DoraTracker:
         incident_link_max_gap_seconds: float | None = None,
         retention_seconds: float | None = None,
         production_environments: tuple[str, ...] | None = None,
+        rework_window_seconds: float = 86400.0,
     ) -> None:
+        self.rework_window = rework_window_seconds
         d = definition
         self.max_gap = (
             incident_link_max_gap_seconds
@@ -209,6 +232,7 @@ class DoraTracker:
         self._verdict_meta: dict[str, tuple[str, str, float]] = {}  # release -> service, ver, time
         self._deploys_total: dict[str, int] = {}
         self._pruned_failures: dict[str, dict[str, int]] = {}
+        self._dirty: set[str] = set()  # services whose stored state changed (see `dirty`)
 
     # ---- input
 
@@ -220,6 +244,7 @@ class DoraTracker:
         """
         if r.id in self._releases:
             return "duplicate"
+        self._dirty.add(r.service)
         self._releases[r.id] = ReleaseInfo(
             r.id, r.service, r.version, r.time, r.kind, r.environment
         )
@@ -239,6 +264,7 @@ class DoraTracker:
         """Record an incident event (detected, reported or resolved); production ones only."""
         if i.environment not in self.production:
             return "not-production"
+        self._dirty.add(i.service)
         inc = self._incidents.get(i.incident_id)
         if inc is None:
             inc = self._incidents[i.incident_id] = _Incident(i.incident_id, i.service)
@@ -254,8 +280,15 @@ class DoraTracker:
                 inc.change_ids.append(c)
         return "accepted"
 
-    def on_verdict(self, rec: VerdictRecord) -> VerdictOutcome:
-        """Record an impact verdict; only the latest revision of final verdicts counts."""
+    def on_verdict(
+        self, rec: VerdictRecord, level: tuple[float, str] | None = None
+    ) -> VerdictOutcome:
+        """Record an impact verdict; only the latest revision of final verdicts counts.
+
+        Args:
+            rec: the verdict.
+            level: the KPI's baseline level in business units a day, and its unit, when known.
+        """
         if rec.phase != "final":
             return "interim"
         per_kpi = self._verdicts.setdefault(rec.release_id, {})
@@ -263,7 +296,18 @@ class DoraTracker:
         if old is not None and old.revision >= rec.revision:
             return "stale"
         j = rec.judgement
-        per_kpi[rec.kpi] = KpiOutcome(rec.kpi, j.verdict, j.change, rec.critical, rec.revision)
+        self._dirty.add(rec.service)
+        per_kpi[rec.kpi] = KpiOutcome(
+            rec.kpi,
+            j.verdict,
+            j.change,
+            rec.critical,
+            rec.revision,
+            j.ci_low,
+            j.ci_high,
+            None if level is None else level[0],
+            None if level is None else level[1],
+        )
         self._verdict_meta[rec.release_id] = (rec.service, rec.version, rec.release_time)
         return "accepted"
 
@@ -279,6 +323,7 @@ class DoraTracker:
         proxy = ev.source_type == "workitem" and ev.action == "entered" and ev.state == "active"
         if ev.source_type != "change" and not proxy:
             return False
+        self._dirty.add(ev.service)
         firsts = self._change_first.setdefault(ev.service, {})
         aliases = self._change_alias.setdefault(ev.service, {})
         # A commit already known under another change id (e.g. the work item) keeps that change.
@@ -321,6 +366,7 @@ class DoraTracker:
         """
         cutoff = now - self.retention
         old = [rid for rid, info in self._releases.items() if info.time < cutoff]
+        self._dirty.update(self._releases[rid].service for rid in old)
         analysis = self._analyse(now) if any(rid in self._aliases for rid in old) else None
         for rid in old:
             info = self._releases.pop(rid)
@@ -410,6 +456,9 @@ class DoraTracker:
                             inc.incident_id, service, when, dep, how, self._resolved_at(inc, now)
                         )
                     )
+            rollbacks = [t for t, _ in self._rollbacks.get(service, []) if start < t <= now]
+            rework = self._rework(service, deps, a, now)
+            moves = len(deps) + len(rollbacks)
             out[service] = DoraReport(
                 service=service,
                 period_start=start,
@@ -429,8 +478,33 @@ class DoraTracker:
                 incidents=tuple(incidents),
                 deployments_total=self._deploys_total.get(service, 0),
                 failures_total_by_cause=totals,
+                rollbacks=len(rollbacks),
+                rework_deployments=rework + len(rollbacks),
+                rework_rate=(rework + len(rollbacks)) / moves if moves else None,
             )
         return out
+
+    def _rework(self, service: str, deps: list[str], a: _Analysis, now: float) -> int:
+        """How many of ``deps`` came within the rework window after a failure of the service."""
+        starts = sorted(
+            [
+                t
+                for inc in self._incidents.values()
+                if inc.service == service and (t := self._incident_time(inc, now)) is not None
+            ]
+            + [
+                self._releases[rid].time
+                for _, rid in self._by_service.get(service, [])
+                if "degraded-kpi" in a.causes.get(rid, ())
+            ]
+        )
+        n = 0
+        for rid in deps:
+            t = self._releases[rid].time
+            i = bisect.bisect_left(starts, t)  # failures strictly before the deployment
+            if i > 0 and t - starts[i - 1] <= self.rework_window:
+                n += 1
+        return n
 
     def change_lead_times(self, now: float) -> list[tuple[str, str, str, float]]:
         """Every retained change first deployed to production at or before ``now``.
@@ -454,36 +528,89 @@ class DoraTracker:
 
     # ---- state
 
-    def snapshot_state(self) -> bytes:
-        """The tracker's state as bytes (orjson), for a faust table or a file."""
+    def dirty(self) -> set[str]:
+        """Services whose part of the state changed since the last `clear_dirty`."""
+        return set(self._dirty)
+
+    def clear_dirty(self) -> None:
+        """Forget which services changed (after the caller stored their state)."""
+        self._dirty.clear()
+
+    def _service_of(self, release_id: str) -> str | None:
+        info = self._releases.get(release_id)
+        if info is not None:
+            return info.service
+        meta = self._verdict_meta.get(release_id)
+        return None if meta is None else meta[0]
+
+    def snapshot_state(self, services: Collection[str] | None = None) -> bytes:
+        """The tracker's state as bytes (orjson), for a faust table or a file.
+
+        Args:
+            services: only these services' part (their releases, incidents, changes, verdicts
+                and counts); None for the whole state.
+        """
+
+        def mine(service: str | None) -> bool:
+            return services is None or service in services
+
+        def per_service(table: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in table.items() if mine(k)}
+
+        change_first = per_service(self._change_first)
         doc = {
             "v": STATE_VERSION,
             "releases": [
                 [i.id, i.service, i.version, i.time, i.kind, i.environment]
                 for i in self._releases.values()
+                if mine(i.service)
             ],
-            "aliases": self._aliases,
-            "by_service": self._by_service,
-            "rollbacks": self._rollbacks,
+            "aliases": {k: v for k, v in self._aliases.items() if mine(self._service_of(k))},
+            "by_service": per_service(self._by_service),
+            "rollbacks": per_service(self._rollbacks),
             "incidents": [
                 [i.incident_id, i.service, i.deployment_id, i.change_ids, i.events]
                 for i in self._incidents.values()
+                if mine(i.service)
             ],
-            "change_first": self._change_first,
-            "change_alias": self._change_alias,
-            "work_proxy": sorted(self._work_proxy),
+            "change_first": change_first,
+            "change_alias": per_service(self._change_alias),
+            "work_proxy": sorted(
+                k
+                for k in self._work_proxy
+                if services is None or any(k in firsts for firsts in change_first.values())
+            ),
             "verdicts": {
-                rid: [[v.kpi, v.verdict, v.change, v.critical, v.revision] for v in per.values()]
+                rid: [
+                    [
+                        v.kpi,
+                        v.verdict,
+                        v.change,
+                        v.critical,
+                        v.revision,
+                        v.ci_low,
+                        v.ci_high,
+                        v.daily_level,
+                        v.unit,
+                    ]
+                    for v in per.values()
+                ]
                 for rid, per in self._verdicts.items()
+                if mine(self._service_of(rid))
             },
-            "verdict_meta": self._verdict_meta,
-            "deploys_total": self._deploys_total,
-            "pruned_failures": self._pruned_failures,
+            "verdict_meta": {k: v for k, v in self._verdict_meta.items() if mine(v[0])},
+            "deploys_total": per_service(self._deploys_total),
+            "pruned_failures": per_service(self._pruned_failures),
         }
         return orjson.dumps(doc)
 
-    def restore_state(self, data: bytes) -> None:
+    def restore_state(self, data: bytes, *, merge: bool = False) -> None:
         """Replace the tracker's state with one from ``snapshot_state``.
+
+        Args:
+            data: the snapshot.
+            merge: add it to the current state instead (the part of services this tracker holds
+                nothing of, e.g. a `snapshot_state(services)` after `forget_services(services)`).
 
         Raises:
             ValueError: the bytes are not a state of this version.
@@ -491,24 +618,52 @@ class DoraTracker:
         doc: dict[str, Any] = orjson.loads(data)
         if doc.get("v") != STATE_VERSION:
             raise ValueError(f"dora state version {doc.get('v')!r}, expected {STATE_VERSION}")
-        self._reset()
-        self._releases = {r[0]: ReleaseInfo(*r) for r in doc["releases"]}
-        self._aliases = {k: tuple(v) for k, v in doc["aliases"].items()}
-        self._by_service = {k: [(t, r) for t, r in v] for k, v in doc["by_service"].items()}
-        self._rollbacks = {k: [(t, r) for t, r in v] for k, v in doc["rollbacks"].items()}
-        self._incidents = {
-            iid: _Incident(iid, svc, dep, list(ch), [(t, a, e) for t, a, e in evs])
-            for iid, svc, dep, ch, evs in doc["incidents"]
-        }
-        self._change_first = doc["change_first"]
-        self._change_alias = doc["change_alias"]
-        self._work_proxy = set(doc.get("work_proxy", ()))
-        self._verdicts = {
-            rid: {v[0]: KpiOutcome(*v) for v in per} for rid, per in doc["verdicts"].items()
-        }
-        self._verdict_meta = {k: (v[0], v[1], v[2]) for k, v in doc["verdict_meta"].items()}
-        self._deploys_total = doc["deploys_total"]
-        self._pruned_failures = doc["pruned_failures"]
+        if not merge:
+            self._reset()
+        self._releases.update({r[0]: ReleaseInfo(*r) for r in doc["releases"]})
+        self._aliases.update({k: tuple(v) for k, v in doc["aliases"].items()})
+        self._by_service.update({k: [(t, r) for t, r in v] for k, v in doc["by_service"].items()})
+        self._rollbacks.update({k: [(t, r) for t, r in v] for k, v in doc["rollbacks"].items()})
+        self._incidents.update(
+            {
+                iid: _Incident(iid, svc, dep, list(ch), [(t, a, e) for t, a, e in evs])
+                for iid, svc, dep, ch, evs in doc["incidents"]
+            }
+        )
+        self._change_first.update(doc["change_first"])
+        self._change_alias.update(doc["change_alias"])
+        self._work_proxy.update(doc.get("work_proxy", ()))
+        self._verdicts.update(
+            {rid: {v[0]: KpiOutcome(*v) for v in per} for rid, per in doc["verdicts"].items()}
+        )
+        self._verdict_meta.update({k: (v[0], v[1], v[2]) for k, v in doc["verdict_meta"].items()})
+        self._deploys_total.update(doc["deploys_total"])
+        self._pruned_failures.update(doc["pruned_failures"])
+
+    def forget_services(self, services: Collection[str]) -> None:
+        """Drop the part of the state these services own (their partition moved elsewhere)."""
+        gone = set(services)
+        rids = {rid for rid, info in self._releases.items() if info.service in gone}
+        rids |= {rid for rid, meta in self._verdict_meta.items() if meta[0] in gone}
+        for rid in rids:
+            self._releases.pop(rid, None)
+            self._aliases.pop(rid, None)
+            self._verdicts.pop(rid, None)
+            self._verdict_meta.pop(rid, None)
+        for table in (
+            self._by_service,
+            self._rollbacks,
+            self._change_alias,
+            self._deploys_total,
+            self._pruned_failures,
+        ):
+            for service in gone:
+                table.pop(service, None)
+        for service in gone:
+            self._work_proxy -= set(self._change_first.pop(service, {}))
+        for iid in [iid for iid, inc in self._incidents.items() if inc.service in gone]:
+            del self._incidents[iid]
+        self._dirty -= gone
 
     # ---- internals
 
@@ -644,6 +799,59 @@ class DoraTracker:
         )
 
 
+Level = Literal["elite", "high", "medium", "low"]
+LEVELS: tuple[Level, ...] = ("elite", "high", "medium", "low")
+HOUR, DAY_S, WEEK, MONTH = 3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0
+# DORA performance levels: the 2023 Accelerate State of DevOps Report's software delivery
+# performance clusters (https://dora.dev/research/2023/dora-report/), elite / high / medium:
+#   deployment frequency  on demand (>= 1 a day) / daily to weekly / weekly to monthly
+#   change lead time      < 1 day / 1 day to 1 week / 1 week to 1 month
+#   change failure rate   5 % / 10 % / 15 %
+#   recovery time         < 1 hour / < 1 day / 1 day to 1 week
+# and low beyond medium. The report gives cluster ranges, not cut-offs, and its low cluster
+# overlaps medium on two metrics; the boundaries below close the gaps as Apache DevLake's DORA
+# benchmarks do (https://devlake.apache.org/docs/Metrics/): the medium bound is the last one.
+LEVEL_THRESHOLDS: dict[str, tuple[float, float, float]] = {
+    # metric: (elite bound, high bound, medium bound); see `level_of` for the direction.
+    "deployment_frequency": (1.0, 1.0 / 7.0, 1.0 / 30.0),  # per day, at least
+    "lead_time": (DAY_S, WEEK, MONTH),  # seconds (p50), less than / at most
+    "change_failure_rate": (0.05, 0.10, 0.15),  # share, at most
+    "recovery_time": (HOUR, DAY_S, WEEK),  # seconds (p50), less than / at most
+}
+
+
+def level_of(metric: str, value: float | None) -> Level | None:
+    """A DORA metric's performance level (see `LEVEL_THRESHOLDS`); None without a value.
+
+    Deployment frequency is elite at 1 a day or more, high at 1 a week or more, medium at 1 a
+    month or more. Lead time and recovery time are elite below their first bound, high and
+    medium up to their second and third. Change failure rate is elite up to 5 %, high up to 10 %,
+    medium up to 15 %. Everything else is low.
+    """
+    if value is None:
+        return None
+    elite, high, medium = LEVEL_THRESHOLDS[metric]
+    if metric == "deployment_frequency":
+        ok = [value >= elite, value >= high, value >= medium]
+    elif metric == "change_failure_rate":
+        ok = [value <= elite, value <= high, value <= medium]
+    else:
+        ok = [value < elite, value <= high, value <= medium]
+    return next((lvl for lvl, good in zip(LEVELS, ok, strict=False) if good), "low")
+
+
+def dora_levels(r: DoraReport) -> dict[str, Level | None]:
+    """The performance level of each of a report's metrics (None: no value in the period)."""
+    return {
+        "deployment_frequency": level_of("deployment_frequency", r.deployment_frequency_per_day),
+        "lead_time": level_of("lead_time", None if r.lead_time is None else r.lead_time.p50),
+        "change_failure_rate": level_of("change_failure_rate", r.change_failure_rate),
+        "recovery_time": level_of(
+            "recovery_time", None if r.recovery_time is None else r.recovery_time.p50
+        ),
+    }
+
+
 def dora_metric_samples(
     reports: dict[str, DoraReport],
 ) -> list[tuple[str, dict[str, str], float]]:
@@ -681,6 +889,8 @@ def dora_metric_samples(
             out.append(
                 ("valueloop_change_failure_ratio", {"service": service}, r.change_failure_rate)
             )
+        if r.rework_rate is not None:
+            out.append(("valueloop_deployment_rework_ratio", {"service": service}, r.rework_rate))
         if r.recovery_time is not None:
             for q, v in r.recovery_time.percentiles().items():
                 out.append(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,7 +36,7 @@ from stream_app.events.model import Release, WorkflowEvent
 
 QUANTILES: tuple[float, ...] = (0.5, 0.85)
 ITEM_TYPES: tuple[str, ...] = ("feature", "defect", "risk", "debt")
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 WorkflowOutcome = Literal[
     "accepted",  # the event moved (or confirmed) an item
@@ -199,6 +199,8 @@ class _Walk:
 class _Item:
     stream: str
     item_id: str
+    # The service whose event opened the item: its state is stored with that service's.
+    service: str = ""
     item_type: str | None = None
     # Which event's item type wins: work-item events first, then the latest (order-independent).
     type_key: tuple[int, float, str] = (-1, 0.0, "")
@@ -234,9 +236,12 @@ class FlowTracker:
         # Production releases by alias, so an item whose events arrive after its release still
         # finishes at the release time.
         self._released: dict[str, dict[str, dict[str, float]]] = {}
-        self._releases: dict[str, tuple[str, float]] = {}  # release id -> (stream, time)
+        # release id -> (stream, time, service)
+        self._releases: dict[str, tuple[str, float, str]] = {}
         self._open: dict[str, int] = {}
-        self._finished_total: dict[str, dict[str, int]] = {}
+        # stream -> service (of the item) -> item type -> items finished, ever (a counter)
+        self._finished_total: dict[str, dict[str, dict[str, int]]] = {}
+        self._dirty: set[str] = set()  # services whose stored state changed (see `dirty`)
         # CI events that arrived before the item that owns their commits: event id -> event, and
         # alias (run id, commit) -> event ids.
         self._pending: dict[str, dict[str, WorkflowEvent]] = {}
@@ -278,7 +283,8 @@ class FlowTracker:
         if r.id in self._releases:
             return ()
         stream = d.stream_of(r.service)
-        self._releases[r.id] = (stream, r.time)
+        self._releases[r.id] = (stream, r.time, r.service)
+        self._dirty.add(r.service)
         released = self._released.setdefault(stream, {})
         keys: list[str] = []
         amap = self._alias.get(stream, {})
@@ -365,6 +371,20 @@ class FlowTracker:
         it = self._items.get(value_stream, {}).get(item_id)
         return None if it is None else self._cost([it])
 
+    def streams(self) -> tuple[str, ...]:
+        """The value streams with items, sorted."""
+        return tuple(sorted(self._items))
+
+    def item_state(
+        self, value_stream: str, item_id: str, now: float
+    ) -> tuple[str | None, bool, str | None] | None:
+        """Where an item is at ``now``: (stage it counts in, finished, item type); None: unknown."""
+        it = self._items.get(value_stream, {}).get(item_id)
+        if it is None:
+            return None
+        done = it.finished_at is not None and it.finished_at <= now
+        return (None if done else self._where(it, now)), done, it.item_type
+
     def item_release(self, value_stream: str, item_id: str) -> str | None:
         """The id of the release that took an item to production, if any."""
         it = self._items.get(value_stream, {}).get(item_id)
@@ -401,8 +421,38 @@ class FlowTracker:
 
     # ---- state
 
-    def snapshot_state(self) -> bytes:
-        """The tracker's state as bytes (orjson), for a faust table or a file."""
+    def dirty(self) -> set[str]:
+        """Services whose part of the state changed since the last `clear_dirty`.
+
+        An event of one service can change an item another service opened (both in one value
+        stream): the item's service is the one named.
+        """
+        return set(self._dirty)
+
+    def clear_dirty(self) -> None:
+        """Forget which services changed (after the caller stored their state)."""
+        self._dirty.clear()
+
+    def item_service(self, value_stream: str, item_id: str) -> str | None:
+        """The service whose state holds an item (the one whose event opened it), if retained."""
+        it = self._items.get(value_stream, {}).get(item_id)
+        return None if it is None else it.service
+
+    def snapshot_state(self, services: Collection[str] | None = None) -> bytes:
+        """The tracker's state as bytes (orjson), for a faust table or a file.
+
+        Args:
+            services: only the part these services own (their items, releases, waiting events
+                and counts); None for the whole state.
+        """
+
+        def mine(service: str) -> bool:
+            return services is None or service in services
+
+        # A service's items and waiting events are in its own value stream.
+        streams = (
+            set(self._items) if services is None else {self.defn.stream_of(s) for s in services}
+        )
         items = [
             [
                 it.stream,
@@ -415,16 +465,29 @@ class FlowTracker:
                 it.releases,
                 it.last_time,
                 it.counted,
+                it.service,
             ]
-            for stream in self._items.values()
-            for it in stream.values()
+            for stream in sorted(streams)
+            for it in self._items.get(stream, {}).values()
+            if mine(it.service)
         ]
+        releases = {k: list(v) for k, v in self._releases.items() if mine(v[2])}
+        released: dict[str, dict[str, dict[str, float]]] = {}
+        for stream, per_alias in self._released.items():
+            for a, rids in per_alias.items():
+                kept = {rid: t for rid, t in rids.items() if rid in releases}
+                if kept:
+                    released.setdefault(stream, {})[a] = kept
+        finished = {
+            stream: {svc: dict(n) for svc, n in per.items() if mine(svc)}
+            for stream, per in self._finished_total.items()
+        }
         doc = {
             "v": STATE_VERSION,
             "items": items,
-            "released": self._released,
-            "releases": {k: list(v) for k, v in self._releases.items()},
-            "finished_total": self._finished_total,
+            "released": released,
+            "releases": releases,
+            "finished_total": {k: v for k, v in finished.items() if v},
             "pending": [
                 [
                     e.id, e.time, e.service, e.item_id, e.item_type, e.stage, e.action, e.state,
@@ -432,12 +495,18 @@ class FlowTracker:
                 ]
                 for per in self._pending.values()
                 for e in per.values()
+                if mine(e.service)
             ],
         }  # fmt: skip
         return orjson.dumps(doc)
 
-    def restore_state(self, data: bytes) -> None:
+    def restore_state(self, data: bytes, *, merge: bool = False) -> None:
         """Replace the tracker's state with one from ``snapshot_state``.
+
+        Args:
+            data: the snapshot.
+            merge: add it to the current state instead (the part of services this tracker holds
+                nothing of, e.g. a `snapshot_state(services)` after `forget_services(services)`).
 
         Raises:
             ValueError: the bytes are not a state of this version.
@@ -445,15 +514,27 @@ class FlowTracker:
         doc: dict[str, Any] = orjson.loads(data)
         if doc.get("v") != STATE_VERSION:
             raise ValueError(f"flow state version {doc.get('v')!r}, expected {STATE_VERSION}")
-        self._reset()
-        self._released = doc["released"]
-        self._releases = {k: (v[0], v[1]) for k, v in doc["releases"].items()}
-        self._finished_total = doc["finished_total"]
+        if not merge:
+            self._reset()
+        for stream, per_alias in doc["released"].items():
+            mine = self._released.setdefault(stream, {})
+            for a, rids in per_alias.items():
+                mine.setdefault(a, {}).update(rids)
+        for k, v in doc["releases"].items():
+            self._releases[k] = (v[0], v[1], v[2])
+        for stream, per in doc["finished_total"].items():
+            self._finished_total.setdefault(stream, {}).update(per)
         for row in doc["items"]:
-            stream, item_id, item_type, type_key, ids, marks, aliases, releases, last, counted = row
+            (
+                stream, item_id, item_type, type_key, ids, marks, aliases, releases, last,
+                counted, service,
+            ) = row  # fmt: skip
+            if item_id in self._items.get(stream, {}):
+                continue  # held already (another service's part named it too)
             it = _Item(
                 stream=stream,
                 item_id=item_id,
+                service=service,
                 item_type=item_type,
                 type_key=(type_key[0], type_key[1], type_key[2]),
                 ids=dict(ids),
@@ -476,6 +557,36 @@ class FlowTracker:
             )  # fmt: skip
             self._park(self.defn.stream_of(ev.service), ev)
         self._fresh.clear()
+        self._dirty.difference_update(
+            {row[10] for row in doc["items"]} | {e[2] for e in doc["pending"]}
+        )
+
+    def forget_services(self, services: Collection[str]) -> None:
+        """Drop the part of the state these services own (their partition moved elsewhere)."""
+        gone = set(services)
+        for items in self._items.values():
+            for it in [it for it in items.values() if it.service in gone]:
+                self._remove(it)
+        rids = {rid for rid, v in self._releases.items() if v[2] in gone}
+        for rid in rids:
+            del self._releases[rid]
+        for released in self._released.values():
+            for a in list(released):
+                kept = {rid: t for rid, t in released[a].items() if rid not in rids}
+                if kept:
+                    released[a] = kept
+                else:
+                    del released[a]
+        for stream in list(self._finished_total):
+            per = self._finished_total[stream]
+            for svc in gone:
+                per.pop(svc, None)
+            if not per:
+                del self._finished_total[stream]
+        for stream, pending in self._pending.items():
+            for eid in [eid for eid, ev in pending.items() if ev.service in gone]:
+                self._unpark(stream, eid)
+        self._dirty -= gone
 
     # ---- internals
 
@@ -512,7 +623,7 @@ class FlowTracker:
                 return self._park(stream, ev)
             if self._open.get(stream, 0) >= d.max_open_items:
                 return "too-many-open-items"
-            item = _Item(stream=stream, item_id=ev.item_id)
+            item = _Item(stream=stream, item_id=ev.item_id, service=ev.service)
             self._items.setdefault(stream, {})[ev.item_id] = item
             self._open[stream] = self._open.get(stream, 0) + 1
             self._add_alias(item, ev.item_id)
@@ -541,7 +652,7 @@ class FlowTracker:
                 continue
             self._remove(other)
             if other.counted:
-                per_type = self._finished_total.get(other.stream, {})
+                per_type = self._finished_total.get(other.stream, {}).get(other.service, {})
                 kind = other.item_type or self.defn.default_item_type
                 per_type[kind] = max(0, per_type.get(kind, 0) - 1)
             for m in other.marks:
@@ -587,6 +698,7 @@ class FlowTracker:
             # The oldest waiting event is the least likely to find its item: it makes room.
             self._unpark(stream, next(iter(pending)))
         pending[ev.id] = ev
+        self._dirty.add(ev.service)
         index = self._pending_index.setdefault(stream, {})
         for a in dict.fromkeys((ev.item_id, *ev.commits)):
             index.setdefault(a, []).append(ev.id)
@@ -596,6 +708,7 @@ class FlowTracker:
         ev = self._pending.get(stream, {}).pop(event_id, None)
         if ev is None:
             return None
+        self._dirty.add(ev.service)
         index = self._pending_index.get(stream, {})
         for a in (ev.item_id, *ev.commits):
             ids = index.get(a)
@@ -661,6 +774,7 @@ class FlowTracker:
         items = self._items.get(it.stream, {})
         if items.pop(it.item_id, None) is None:
             return
+        self._dirty.add(it.service)
         if it.finished_at is None:
             self._open[it.stream] = self._open.get(it.stream, 0) - 1
         amap = self._alias.get(it.stream, {})
@@ -672,6 +786,7 @@ class FlowTracker:
                     del amap[a]
 
     def _refresh(self, it: _Item) -> None:
+        self._dirty.add(it.service)
         was_open = it.finished_at is None
         first = it.marks[0].time if it.marks else None
         best: tuple[float, str | None] | None = None
@@ -692,7 +807,7 @@ class FlowTracker:
             self._open[it.stream] = self._open.get(it.stream, 0) - 1
             if not it.counted:
                 it.counted = True
-                per_type = self._finished_total.setdefault(it.stream, {})
+                per_type = self._finished_total.setdefault(it.stream, {}).setdefault(it.service, {})
                 kind = it.item_type or self.defn.default_item_type
                 per_type[kind] = per_type.get(kind, 0) + 1
 
@@ -842,7 +957,9 @@ class FlowTracker:
         n = len(finished)
         flow_total = math.fsum(flow_times)
         totals = {t: 0 for t in ITEM_TYPES}
-        totals.update(self._finished_total.get(stream, {}))
+        for per_type in self._finished_total.get(stream, {}).values():
+            for t, c in per_type.items():
+                totals[t] = totals.get(t, 0) + c
         return FlowReport(
             value_stream=stream,
             period_start=start,

@@ -78,7 +78,7 @@ from stream_app.core.types import (
     VerdictRecord,
     WindowData,
 )
-from stream_app.events.model import KpiSample, Release
+from stream_app.events.model import Expectation, KpiSample, Release
 
 ReleaseOutcome = Literal["accepted", "duplicate", "out-of-scope", "too-old"]
 RELEASE_OUTCOMES: tuple[ReleaseOutcome, ...] = ("accepted", "duplicate", "out-of-scope", "too-old")
@@ -1309,6 +1309,7 @@ def _release_from(d: dict[str, Any]) -> Release:
             "commits": tuple(d["commits"]),
             "change_ids": tuple(d["change_ids"]),
             "links": tuple(d.get("links", ())),
+            "expect": tuple(Expectation(**e) for e in d.get("expect", ())),
         }
     )
 

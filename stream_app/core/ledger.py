@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Literal, cast
 from stream_app.core.dora import DoraTracker, KpiOutcome
 from stream_app.core.flow import FlowTracker, WorkCost
 from stream_app.errors import ConfigError
+from stream_app.events.model import Expectation
 
 BetOutcome = Literal[
     "met", "partly-met", "not-met", "went-the-other-way", "inconclusive", "pending"
@@ -24,15 +26,168 @@ BET_OUTCOMES: tuple[str, ...] = (
 )
 # The metric label of a ledger entry that declared no expected benefit.
 UNDECLARED = "undeclared"
+DAY = 86400.0
+
+
+def daily_level(
+    aggregation: str, baseline_value: float | None, den_per_bucket: float, bucket_seconds: float
+) -> float | None:
+    """A KPI's baseline level in business units a day: what its relative change multiplies.
+
+    - sum (orders, revenue): the baseline's sum per bucket, times buckets a day: orders a day,
+      currency a day.
+    - ratio (conversion = orders / sessions): the baseline ratio times the denominator a day
+      (sessions a day): the numerator a day (orders a day). A relative change of the ratio, at
+      the same traffic, moves the numerator by the same share.
+    - mean (cart value): the baseline mean times observations a day: the total a day.
+    - quantile (latency): no business unit (None).
+
+    Args:
+        aggregation: the KPI's aggregation.
+        baseline_value: the judge's baseline level (per bucket for sum; the ratio; the mean).
+        den_per_bucket: the baseline's denominator per bucket that holds data (sum: 1; ratio:
+            the denominator stream's sum; mean: observations).
+        bucket_seconds: the KPI's bucket width.
+
+    Returns:
+        Units a day, or None when the KPI has no business unit or no baseline.
+    """
+    if aggregation not in ("sum", "ratio", "mean") or baseline_value is None:
+        return None
+    if not bucket_seconds > 0 or not den_per_bucket >= 0:
+        return None
+    return baseline_value * den_per_bucket * (DAY / bucket_seconds)
+
+
+def kpi_unit(aggregation: str, stream: str | None, numerator: str | None) -> str | None:
+    """The business unit of a KPI's daily level: its stream (sum, mean) or numerator (ratio)."""
+    if aggregation == "ratio":
+        return numerator
+    if aggregation in ("sum", "mean"):
+        return stream
+    return None
 
 
 @dataclass(frozen=True, slots=True)
-class ExpectedBenefit:
-    """What the team declared a change would do: e.g. raise ``conversion`` by 0.03 (3 %)."""
+class DeliveredValue:
+    """A KPI's delivered change in business units a day: baseline level x relative change.
+
+    Attributes:
+        kpi: the KPI.
+        unit: the unit of the level (orders, revenue, ...), per day.
+        level_per_day: the baseline level, units a day.
+        change: the relative change (0.05 = +5 %).
+        per_day: delivered units a day (level x change; negative: lost).
+        per_day_low: the interval's low end (level x ci_low), None without an interval.
+        per_day_high: the interval's high end.
+        expected_per_day: the declared expectation in units a day (signed), None when undeclared.
+    """
 
     kpi: str
-    direction: Literal["up", "down"]
-    change: float  # expected relative size, positive (0.03 = 3 %)
+    unit: str
+    level_per_day: float
+    change: float
+    per_day: float
+    per_day_low: float | None
+    per_day_high: float | None
+    expected_per_day: float | None = None
+
+
+def delivered_value(
+    kpi: KpiOutcome, expected: ExpectedBenefit | None = None
+) -> DeliveredValue | None:
+    """The delivered value of a KPI's final verdict, in business units a day.
+
+    Returns:
+        None when the verdict has no change or the KPI has no business unit.
+    """
+    if kpi.change is None or kpi.daily_level is None or kpi.unit is None:
+        return None
+    level = kpi.daily_level
+    exp = None
+    if expected is not None:
+        exp = level * expected.change * (1.0 if expected.direction == "up" else -1.0)
+    return DeliveredValue(
+        kpi=kpi.kpi,
+        unit=kpi.unit,
+        level_per_day=level,
+        change=kpi.change,
+        per_day=level * kpi.change,
+        per_day_low=None if kpi.ci_low is None else level * kpi.ci_low,
+        per_day_high=None if kpi.ci_high is None else level * kpi.ci_high,
+        expected_per_day=exp,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EntryValue:
+    """What an entry cost and delivered, in hours, money and business units.
+
+    Attributes:
+        active_hours: active (worked-on) engineering time of its items.
+        total_hours: total time its items spent in the flow (active + waiting).
+        cost: active hours x the configured cost rate; None without a rate.
+        delivered: per KPI with a business unit, the delivered value a day.
+        headline: the value the entry is ranked by: the first declared KPI's, else the first
+            KPI's that moved (improved or degraded); None when none has a business unit.
+        value_per_hour: headline units a day per active engineering hour, signed so that a move
+            in the declared direction is positive (None without work).
+    """
+
+    active_hours: float
+    total_hours: float
+    cost: float | None
+    delivered: tuple[DeliveredValue, ...]
+    headline: DeliveredValue | None
+    value_per_hour: float | None
+
+
+def value_of(
+    cost: WorkCost,
+    kpis: tuple[KpiOutcome, ...],
+    expected: tuple[ExpectedBenefit, ...],
+    cost_per_hour: float | None = None,
+) -> EntryValue:
+    """Cost and delivered value of a ledger entry (pure arithmetic; see `EntryValue`).
+
+    Args:
+        cost: the work its items took.
+        kpis: its final verdicts.
+        expected: its declared benefits.
+        cost_per_hour: money per active engineering hour, when configured.
+    """
+    exp_by_kpi = {e.kpi: e for e in expected}
+    delivered = tuple(
+        d for k in kpis if (d := delivered_value(k, exp_by_kpi.get(k.kpi))) is not None
+    )
+    by_kpi = {d.kpi: d for d in delivered}
+    headline = next((by_kpi[e.kpi] for e in expected if e.kpi in by_kpi), None)
+    if headline is None and not expected:
+        moved = {k.kpi for k in kpis if k.verdict in ("improved", "degraded")}
+        headline = next((d for d in delivered if d.kpi in moved), None)
+    active = cost.active_seconds / 3600.0
+    total = (cost.active_seconds + cost.wait_seconds) / 3600.0
+    # Value is a move in the bet's direction: fewer errors a day is a gain for a "down" bet.
+    sign = -1.0 if headline is not None and _down(headline.kpi, expected) else 1.0
+    return EntryValue(
+        active_hours=active,
+        total_hours=total,
+        cost=None if cost_per_hour is None else active * cost_per_hour,
+        delivered=delivered,
+        headline=headline,
+        value_per_hour=None
+        if headline is None or active <= 0
+        else sign * headline.per_day / active,
+    )
+
+
+def _down(kpi: str, expected: tuple[ExpectedBenefit, ...]) -> bool:
+    return any(e.kpi == kpi and e.direction == "down" for e in expected)
+
+
+# What the team declared a change would do: e.g. raise ``conversion`` by 0.03 (3 %). One type
+# whichever way it was declared (event, work item, command line, features file).
+ExpectedBenefit = Expectation
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +205,7 @@ class LedgerEntry:
     outcome: BetOutcome | None  # over all expectations; None when none was declared
     degraded: bool  # some KPI's final verdict is degraded
     summary: str
+    value: EntryValue | None = None  # cost and delivered value in hours, money, units a day
 
 
 def judge_expectation(expected: ExpectedBenefit, kpi: KpiOutcome | None) -> BetOutcome:
@@ -100,6 +256,7 @@ def release_entry(
     flow: FlowTracker,
     dora: DoraTracker,
     expected: tuple[ExpectedBenefit, ...] = (),
+    cost_per_hour: float | None = None,
 ) -> LedgerEntry | None:
     """The ledger entry of a release: its items' work and its final KPI verdicts.
 
@@ -108,6 +265,7 @@ def release_entry(
         flow: the flow tracker, for the cost of the items the release took to production.
         dora: the DORA tracker, for the release and its final verdicts.
         expected: benefits declared for the release (from the features file or its events).
+        cost_per_hour: money per active engineering hour, when configured.
 
     Returns:
         The entry, or None when neither tracker knows the release.
@@ -117,7 +275,17 @@ def release_entry(
         return None
     cost = flow.release_cost(release_id)
     verdicts = dora.final_verdicts(release_id)
-    return _entry(release_id, info.service, info.version, info.time, None, cost, verdicts, expected)
+    return _entry(
+        release_id,
+        info.service,
+        info.version,
+        info.time,
+        None,
+        cost,
+        verdicts,
+        expected,
+        cost_per_hour,
+    )
 
 
 def item_entry(
@@ -126,6 +294,7 @@ def item_entry(
     flow: FlowTracker,
     dora: DoraTracker,
     expected: tuple[ExpectedBenefit, ...] = (),
+    cost_per_hour: float | None = None,
 ) -> LedgerEntry | None:
     """The ledger entry of one work item (a feature): its own work and its release's verdicts.
 
@@ -146,6 +315,7 @@ def item_entry(
         cost,
         dora.final_verdicts(rid) if rid is not None else (),
         expected,
+        cost_per_hour,
     )
 
 
@@ -158,6 +328,7 @@ def _entry(
     cost: WorkCost,
     kpis: tuple[KpiOutcome, ...],
     expected: tuple[ExpectedBenefit, ...],
+    cost_per_hour: float | None = None,
 ) -> LedgerEntry:
     by_kpi = {k.kpi: k for k in kpis}
     judged = tuple((e, judge_expectation(e, by_kpi.get(e.kpi))) for e in expected)
@@ -178,6 +349,12 @@ def _entry(
     for e, o in judged:
         sign = "+" if e.direction == "up" else "-"
         text += f"; expected {e.kpi} {sign}{e.change * 100:.1f} %: {o.replace('-', ' ')}"
+    value = value_of(cost, kpis, expected, cost_per_hour)
+    if value.headline is not None:
+        h = value.headline
+        text += f"; delivered {h.per_day:+,.1f} {h.unit}/day"
+        if value.value_per_hour is not None:
+            text += f" ({value.value_per_hour:+,.2f} {h.unit}/day per engineering hour)"
     return LedgerEntry(
         release_id=release_id,
         service=service,
@@ -190,6 +367,7 @@ def _entry(
         outcome=outcome,
         degraded=any(k.verdict == "degraded" for k in kpis),
         summary=text,
+        value=value,
     )
 
 
@@ -370,7 +548,8 @@ def ledger_metric_samples(
     """The Prometheus samples of release ledger entries, as (metric name, labels, value).
 
     Per service and bet outcome ("undeclared" when no benefit was declared): how many releases,
-    and how much active engineering time they cost. Every outcome of a service gets a value, so
+    how much active engineering time they cost, and the value a day their headline KPI delivered
+    (per business unit). Every outcome of a service gets a value, so
     a release moving from pending to met moves the series instead of leaving a stale one.
 
     Args:
@@ -381,16 +560,32 @@ def ledger_metric_samples(
     """
     count: dict[tuple[str, str], float] = {}
     cost: dict[tuple[str, str], float] = {}
+    value: dict[tuple[str, str, str], float] = {}
+    units: dict[str, set[str]] = {}
     for e in entries:
         if e.item_id is not None:
             continue
         key = (e.service, e.outcome or UNDECLARED)
         count[key] = count.get(key, 0.0) + 1.0
         cost[key] = cost.get(key, 0.0) + e.cost.active_seconds
+        h = e.value.headline if e.value is not None else None
+        if h is not None and math.isfinite(h.per_day):
+            units.setdefault(e.service, set()).add(h.unit)
+            vkey = (*key, h.unit)
+            value[vkey] = value.get(vkey, 0.0) + h.per_day
     out: list[tuple[str, dict[str, str], float]] = []
     for service in sorted({s for s, _ in count}):
         for outcome in (*BET_OUTCOMES, UNDECLARED):
             labels = {"service": service, "outcome": outcome}
             out.append(("valueloop_ledger_releases", labels, count.get((service, outcome), 0.0)))
             out.append(("valueloop_ledger_cost_seconds", labels, cost.get((service, outcome), 0.0)))
+            # Units are the catalog's KPI streams: a bounded set.
+            for unit in sorted(units.get(service, ())):
+                out.append(
+                    (
+                        "valueloop_ledger_delivered_per_day",
+                        {**labels, "unit": unit},
+                        value.get((service, outcome, unit), 0.0),
+                    )
+                )
     return out

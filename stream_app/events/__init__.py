@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from stream_app.errors import DecodeError
+from stream_app.events.model import Expectation, format_change, parse_expectation
 
 Role = Literal["deployments", "telemetry", "workflow", "incidents"]
 ROLES: tuple[Role, ...] = ("deployments", "telemetry", "workflow", "incidents")
@@ -351,6 +352,50 @@ NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
 Stage = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STAGE)]
 SpecVersion = Annotated[str, Field(pattern=SPEC_VERSION_PATTERN)]
+MAX_EXPECT = 16  # bets declared on one event
+
+
+class ExpectDecl(BaseModel):
+    """A bet in ``customData.valueloop.expect``: ``{"kpi": "conversion", "change": "+3%"}``.
+
+    ``change`` is a signed percentage ("+3%" up, "-5%" down) or a signed fraction (0.03).
+    """
+
+    model_config = ConfigDict(strict=False, extra="forbid", frozen=True)
+
+    kpi: Any = Field(description="The KPI the change should move, as the catalog names it.")
+    change: Any = Field(description='Signed expected change: "+3%", "-5%" or 0.03.')
+
+
+def expectations(decls: list[ExpectDecl] | None, where: str) -> tuple[Expectation, ...]:
+    """The bets of an event's ``expect`` list.
+
+    Raises:
+        DecodeError: ``bad-expectation``: too many, or one is not usable (the detail says which
+            and why); the whole event goes to the dead-letter topic, so a typo is seen, not
+            silently dropped.
+    """
+    if not decls:
+        return ()
+    if len(decls) > MAX_EXPECT:
+        raise DecodeError("bad-expectation", f"{where}: more than {MAX_EXPECT} bets")
+    out: dict[str, Expectation] = {}
+    for i, d in enumerate(decls):
+        try:
+            e = parse_expectation(d.kpi, d.change)
+        except ValueError as exc:
+            raise DecodeError("bad-expectation", f"{where}[{i}]: {exc}") from None
+        if e.kpi in out:
+            raise DecodeError("bad-expectation", f"{where}[{i}]: kpi {e.kpi!r} declared twice")
+        out[e.kpi] = e
+    return tuple(out.values())
+
+
+def expect_dicts(bets: tuple[Expectation, ...]) -> list[dict[str, str]]:
+    """Bets as ``customData.valueloop.expect`` (the inverse of `expectations`)."""
+    return [{"kpi": e.kpi, "change": format_change(e)} for e in bets]
+
+
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_KEY)]
 LabelValue = Annotated[str, StringConstraints(max_length=MAX_LABEL_VALUE)]
 Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]

@@ -34,6 +34,7 @@ from stream_app.events import (
     STRICT,
     Context,
     EventType,
+    ExpectDecl,
     Labels,
     Name,
     NonEmpty,
@@ -43,6 +44,8 @@ from stream_app.events import (
     check_name,
     check_subject_type,
     context_dict,
+    expect_dicts,
+    expectations,
     last_segment,
     purl,
     subject_dict,
@@ -70,6 +73,11 @@ class ReleaseExtension(BaseModel):
     )
     scope: Labels = Field(
         default_factory=dict, description="Partial release scope, e.g. {'region': 'eu'}."
+    )
+    expect: list[ExpectDecl] = Field(
+        default_factory=list,
+        description='Bets: [{"kpi": "conversion", "change": "+3%"}]; a bad one dead-letters '
+        "the event (bad-expectation).",
     )
 
 
@@ -135,6 +143,9 @@ class FlagExtension(BaseModel):
     changeIds: list[NonEmpty] = Field(default_factory=list)
     scope: Labels = Field(
         default_factory=dict, description="Targeting scope, e.g. {'region': 'eu'}."
+    )
+    expect: list[ExpectDecl] = Field(
+        default_factory=list, description='Bets: [{"kpi": "conversion", "change": "+3%"}].'
     )
 
 
@@ -245,6 +256,7 @@ def release_from_cdevent(
         scope=dict(ext.scope),
         chain_id=m.context.chain,
         links=m.context.linked_ids(),
+        expect=expectations(ext.expect, "customData.valueloop.expect"),
     )
 
 
@@ -266,6 +278,7 @@ def _flag_release(m: FlagChangeEvent) -> Release:
         scope=dict(ext.scope),
         chain_id=m.context.chain,
         links=m.context.linked_ids(),
+        expect=expectations(ext.expect, "customData.valueloop.expect"),
     )
 
 
@@ -277,6 +290,8 @@ def _extension_dict(r: Release) -> dict[str, Any]:
         ext["changeIds"] = list(r.change_ids)
     if r.scope:
         ext["scope"] = dict(r.scope)
+    if r.expect:
+        ext["expect"] = expect_dicts(r.expect)
     return ext
 
 

@@ -7,7 +7,7 @@ from typing import Literal, cast
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from stream_app.core.ledger import LedgerEntry
+from stream_app.core.ledger import EntryValue, LedgerEntry
 from stream_app.core.types import Verdict
 from stream_app.events import Timestamp, finite, format_timestamp
 
@@ -35,6 +35,8 @@ class LedgerKpi(BaseModel):
     kpi: str
     verdict: Literal["improved", "degraded", "neutral", "inconclusive", "confounded"]
     change: float | None = Field(default=None, description="Relative change (0.05 = +5 %).")
+    ci_low: float | None = Field(default=None, description="The change's 95 % interval, low end.")
+    ci_high: float | None = Field(default=None, description="Its high end.")
     critical: bool
 
 
@@ -47,6 +49,42 @@ class LedgerExpectation(BaseModel):
     direction: Literal["up", "down"]
     change: float = Field(gt=0, description="Expected relative size (0.03 = 3 %).")
     outcome: Outcome
+
+
+class LedgerDelivered(BaseModel):
+    """A KPI's delivered change in business units a day: baseline level x relative change."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    kpi: str
+    unit: str = Field(description="Unit of the level, per day (orders, revenue, ...).")
+    level_per_day: float = Field(description="The judge's baseline level, units a day.")
+    change: float = Field(description="Relative change (0.05 = +5 %).")
+    per_day: float = Field(description="Delivered units a day (level x change).")
+    per_day_low: float | None = Field(default=None, description="level x the interval's low end.")
+    per_day_high: float | None = Field(default=None, description="level x its high end.")
+    expected_per_day: float | None = Field(
+        default=None, description="The declared expectation in units a day (signed)."
+    )
+
+
+class LedgerValue(BaseModel):
+    """What the entry cost (hours, money) and delivered (units a day), and value per hour."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    active_hours: float = Field(description="Active engineering time of its items.")
+    total_hours: float = Field(description="Active + waiting time of its items in the flow.")
+    cost: float | None = Field(
+        default=None, description="active_hours x the configured cost rate (money)."
+    )
+    delivered: list[LedgerDelivered] = Field(default_factory=list)
+    headline_kpi: str | None = Field(
+        default=None, description="The KPI the entry is ranked by (first declared, else moved)."
+    )
+    value_per_hour: float | None = Field(
+        default=None, description="Headline units a day per active engineering hour."
+    )
 
 
 class LedgerEvent(BaseModel):
@@ -69,6 +107,7 @@ class LedgerEvent(BaseModel):
     )
     degraded: bool = Field(description="Some KPI's final verdict is degraded.")
     summary: str
+    value: LedgerValue | None = Field(default=None, description="Cost and delivered value.")
 
 
 def ledger_event(entry: LedgerEntry) -> LedgerEvent:
@@ -94,6 +133,8 @@ def ledger_event(entry: LedgerEntry) -> LedgerEvent:
                 # KpiOutcome keeps the verdict as a plain str; it came from a Verdict.
                 verdict=cast(Verdict, k.verdict),
                 change=finite(k.change),
+                ci_low=finite(k.ci_low),
+                ci_high=finite(k.ci_high),
                 critical=bool(k.critical),
             )
             for k in entry.kpis
@@ -105,6 +146,31 @@ def ledger_event(entry: LedgerEntry) -> LedgerEvent:
         outcome=entry.outcome,
         degraded=entry.degraded,
         summary=entry.summary,
+        value=None if entry.value is None else ledger_value(entry.value),
+    )
+
+
+def ledger_value(v: EntryValue) -> LedgerValue:
+    """An entry's value in the contract (non-finite numbers as null)."""
+    return LedgerValue(
+        active_hours=float(v.active_hours),
+        total_hours=float(v.total_hours),
+        cost=finite(v.cost),
+        delivered=[
+            LedgerDelivered(
+                kpi=d.kpi,
+                unit=d.unit,
+                level_per_day=float(d.level_per_day),
+                change=float(d.change),
+                per_day=float(d.per_day),
+                per_day_low=finite(d.per_day_low),
+                per_day_high=finite(d.per_day_high),
+                expected_per_day=finite(d.expected_per_day),
+            )
+            for d in v.delivered
+        ],
+        headline_kpi=None if v.headline is None else v.headline.kpi,
+        value_per_hour=finite(v.value_per_hour),
     )
 
 

@@ -17,6 +17,51 @@ IncidentAction = Literal["detected", "reported", "resolved"]
 
 
 @dataclass(frozen=True, slots=True)
+class Expectation:
+    """A declared bet: a change should move ``kpi`` ``direction`` by ``change`` (0.03 = 3 %)."""
+
+    kpi: str
+    direction: Literal["up", "down"]
+    change: float  # expected relative size, positive
+
+
+def parse_expectation(kpi: object, change: object) -> Expectation:
+    """A bet as declared on an event or the command line: ``kpi`` and a signed ``change``.
+
+    ``change`` is a signed percentage string ("+3%", "-5%") or a signed fraction (0.03, "-0.05");
+    the sign is the direction. Zero, a missing sign on a percentage, NaN and sizes of 1000 % or
+    more are refused.
+
+    Raises:
+        ValueError: the declaration is not usable; the message says why.
+    """
+    if not isinstance(kpi, str) or not kpi.strip() or len(kpi) > 128:
+        raise ValueError(f"kpi: expected a KPI name, got {kpi!r}")
+    if isinstance(change, bool) or not isinstance(change, str | int | float):
+        raise ValueError(f"change: expected '+3%' or a signed fraction, got {change!r}")
+    if isinstance(change, str):
+        text = change.strip()
+        pct = text.endswith("%")
+        body = text[:-1].strip() if pct else text
+        if pct and body[:1] not in ("+", "-"):
+            raise ValueError(f"change: {change!r} needs a sign: '+3%' (up) or '-3%' (down)")
+        try:
+            x = float(body) / (100.0 if pct else 1.0)
+        except ValueError:
+            raise ValueError(f"change: {change!r} is not a signed percentage") from None
+    else:
+        x = float(change)
+    if not (x == x and 0 < abs(x) < 10.0):  # x == x: not NaN
+        raise ValueError(f"change: {change!r} is not a non-zero size below 1000 %")
+    return Expectation(kpi.strip(), "up" if x > 0 else "down", abs(x))
+
+
+def format_change(e: Expectation) -> str:
+    """The signed percentage of a bet, as declared: "+3%"."""
+    return f"{'+' if e.direction == 'up' else '-'}{e.change * 100:g}%"
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     """A release of a service: a deployment, an upgrade, a rollback or a feature-flag change."""
 
@@ -35,6 +80,7 @@ class Release:
     scope: dict[str, str] = field(default_factory=dict)
     chain_id: str | None = None  # CDEvents context chainId (0.4.0: chain_id)
     links: tuple[str, ...] = ()  # context ids of the events it links to (CDEvents links)
+    expect: tuple[Expectation, ...] = ()  # bets declared on the event (customData)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +118,7 @@ class WorkflowEvent:
     commits: tuple[str, ...] = ()
     outcome: str | None = None
     chain_id: str | None = None  # CDEvents context chainId (0.4.0: chain_id)
+    expect: tuple[Expectation, ...] = ()  # bets declared on a work item (customData)
 
 
 @dataclass(frozen=True, slots=True)

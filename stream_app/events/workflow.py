@@ -56,6 +56,7 @@ from stream_app.events import (
     WORKITEM_EVENT,
     Context,
     EventType,
+    ExpectDecl,
     Name,
     NonEmpty,
     Ref,
@@ -64,6 +65,8 @@ from stream_app.events import (
     check_name,
     check_subject_type,
     context_dict,
+    expect_dicts,
+    expectations,
     last_segment,
     purl_parts,
     service_name,
@@ -191,6 +194,11 @@ class WorkItemExtension(BaseModel):
     model_config = STRICT
 
     commits: list[NonEmpty] = Field(default_factory=list)
+    expect: list[ExpectDecl] = Field(
+        default_factory=list,
+        description='The item\'s bets: [{"kpi": "conversion", "change": "+3%"}] (feature id -> '
+        "expectation); the latest declaration of an item wins.",
+    )
 
 
 class WorkItemCustomData(BaseModel):
@@ -318,7 +326,9 @@ def _workitem(m: WorkItemEvent, event: EventType) -> WorkflowEvent:
     check_subject_type(m.subject.type, event)
     c = m.subject.content
     cd = m.customData
-    commits = cd.valueloop.commits if isinstance(cd, WorkItemCustomData) and cd.valueloop else []
+    ext = cd.valueloop if isinstance(cd, WorkItemCustomData) else None
+    commits = ext.commits if ext else []
+    expect = expectations(ext.expect, "customData.valueloop.expect") if ext else ()
     return WorkflowEvent(
         id=m.context.id,
         time=m.context.seconds,
@@ -332,6 +342,7 @@ def _workitem(m: WorkItemEvent, event: EventType) -> WorkflowEvent:
         commits=tuple(commits),
         outcome=c.outcome,
         chain_id=m.context.chain,
+        expect=expect,
     )
 
 
@@ -423,6 +434,11 @@ def _workitem_to_cdevent(e: WorkflowEvent, event: EventType, spec_version: str) 
         "subject": subject_dict(event, spec_version, e.item_id, content),
     }
     add_chain(doc["context"], spec_version, e.chain_id)
+    ext: dict[str, Any] = {}
     if e.commits:
-        doc["customData"] = {"valueloop": {"commits": list(e.commits)}}
+        ext["commits"] = list(e.commits)
+    if e.expect:
+        ext["expect"] = expect_dicts(e.expect)
+    if ext:
+        doc["customData"] = {"valueloop": ext}
     return doc

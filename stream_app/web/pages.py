@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-PAGES: tuple[str, ...] = ("vsm", "releases", "dora")
-TITLES = {"vsm": "Value stream map", "releases": "Releases", "dora": "DORA"}
+PAGES: tuple[str, ...] = ("vsm", "releases", "value", "dora")
+TITLES = {"vsm": "Value stream map", "releases": "Releases", "value": "Value", "dora": "DORA"}
 ASSETS = {"app.js": "text/javascript", "app.css": "text/css"}
 # Served pages fetch only from the worker itself; the report fetches nothing at all.
 LIVE_CSP = (

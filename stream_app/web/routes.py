@@ -73,6 +73,11 @@ def _dora(pipeline: Pipeline, query: Mapping[str, str]) -> WebResponse:
     return p if isinstance(p, WebResponse) else _json(views.dora_view(pipeline, None, p))
 
 
+def _value(pipeline: Pipeline, query: Mapping[str, str]) -> WebResponse:
+    p = _period(pipeline, query)
+    return p if isinstance(p, WebResponse) else _json(views.value_view(pipeline, None, p))
+
+
 def _releases(pipeline: Pipeline, query: Mapping[str, str]) -> WebResponse:
     return _json(views.releases_view(pipeline, None, MAX_RELEASES))
 
@@ -96,6 +101,7 @@ ROUTES: dict[str, Handler] = {
     **{f"{PREFIX}/static/{name}": _fixed(partial(_asset, name)) for name in pages.ASSETS},
     f"{PREFIX}/api/flow": _flow,
     f"{PREFIX}/api/dora": _dora,
+    f"{PREFIX}/api/value": _value,
     f"{PREFIX}/api/releases": _releases,
     f"{PREFIX}/api/release": _release,
 }

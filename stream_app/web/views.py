@@ -11,9 +11,10 @@ import math
 from typing import Any
 
 from stream_app.core.catalog import product_key
-from stream_app.core.dora import DoraReport
+from stream_app.core.dora import LEVEL_THRESHOLDS, DoraReport, dora_levels
 from stream_app.core.flow import Distribution, FlowReport
 from stream_app.core.impact import KpiWindows
+from stream_app.core.ledger import BET_OUTCOMES, DeliveredValue, LedgerEntry
 from stream_app.core.types import KpiJudgement, KpiSpec, VerdictRecord, WindowData
 from stream_app.events.model import Release
 from stream_app.pipeline import Pipeline
@@ -218,6 +219,10 @@ def releases_view(pipeline: Pipeline, now: float | None = None, limit: int = 200
                 "finalized": finalized,
                 "verdicts": verdicts,
                 "overall": overall([v["verdict"] for v in verdicts.values()]),
+                "bets": [
+                    {"kpi": b.kpi, "expected": b.change if b.direction == "up" else -b.change}
+                    for b in pipeline.release_bets(rel.id)
+                ],
             }
         )
     return {
@@ -302,14 +307,18 @@ def _dora_point(r: DoraReport | None, end: float) -> Json:
         "lead_time_p50": None if r is None or r.lead_time is None else r.lead_time.p50,
         "change_failure_rate": None if r is None else _num(r.change_failure_rate),
         "recovery_p50": None if r is None or r.recovery_time is None else r.recovery_time.p50,
+        "rework_rate": None if r is None else _num(r.rework_rate),
+        "levels": {"deployment_frequency": "low"} if r is None else dict(dora_levels(r)),
     }
 
 
 def dora_view(pipeline: Pipeline, now: float | None, period_seconds: float) -> Json:
-    """The four DORA metrics per service over the period, a trend, and the failures with causes.
+    """The five DORA metrics per service over the period with their performance levels, a trend,
+    and the failures with causes.
 
     The trend cuts the period into `TREND_POINTS` consecutive slices, oldest first, each
-    reported on its own (deployments per day, lead time p50, change failure rate, recovery p50).
+    reported on its own (deployments per day, lead time p50, change failure rate, recovery p50,
+    rework rate, and each metric's level).
     Failures with cause ``degraded-kpi`` came from impact verdicts (their KPIs are listed).
     """
     t = _page(pipeline, now)
@@ -332,6 +341,8 @@ def dora_view(pipeline: Pipeline, now: float | None, period_seconds: float) -> J
         "periods": periods(pipeline),
         "trend_step_seconds": period_seconds / TREND_POINTS,
         "services": dict(sorted(out.items())),
+        "level_thresholds": {k: list(v) for k, v in LEVEL_THRESHOLDS.items()},
+        "rework_window_seconds": pipeline.dora.rework_window,
     }
 
 
@@ -344,6 +355,10 @@ def dora_report(r: DoraReport) -> Json:
         "lead_time": _dist(r.lead_time),
         "changes": r.changes,
         "change_failure_rate": _num(r.change_failure_rate),
+        "rework_rate": _num(r.rework_rate),
+        "rework_deployments": r.rework_deployments,
+        "rollbacks": r.rollbacks,
+        "levels": dict(dora_levels(r)),
         "failed_deployments": r.failed_deployments,
         "failures_by_cause": dict(r.failures_by_cause),
         "recovery_time": _dist(r.recovery_time),
@@ -395,4 +410,159 @@ def report_bundle(pipeline: Pipeline, now: float | None = None, title: str = "va
         "dora": {str(int(p)): dora_view(pipeline, t, p) for p in ps},
         "releases": rels,
         "release": details,
+        "value": {str(int(p)): value_view(pipeline, t, p) for p in ps},
+    }
+
+
+# ------------------------------------------------------------------------------ value
+
+
+def _delivered(d: DeliveredValue | None) -> Json | None:
+    if d is None:
+        return None
+    return {
+        "kpi": d.kpi,
+        "unit": d.unit,
+        "level_per_day": _num(d.level_per_day),
+        "per_day": _num(d.per_day),
+        "per_day_low": _num(d.per_day_low),
+        "per_day_high": _num(d.per_day_high),
+        "expected_per_day": _num(d.expected_per_day),
+    }
+
+
+def bet_row(e: LedgerEntry) -> Json:
+    """One ledger entry as the Value page shows it: each bet's expected vs delivered, the cost."""
+    by_kpi = {k.kpi: k for k in e.kpis}
+    value = e.value
+    units = {d.kpi: d for d in value.delivered} if value is not None else {}
+    return {
+        "key": f"{e.release_id or ''}/{e.item_id or ''}",
+        "kind": "item" if e.item_id is not None else "release",
+        "release_id": e.release_id,
+        "item_id": e.item_id,
+        "service": e.service,
+        "version": e.version,
+        "time": e.time,
+        "outcome": e.outcome,
+        "degraded": e.degraded,
+        "expectations": [
+            {
+                "kpi": x.kpi,
+                "direction": x.direction,
+                "expected": x.change if x.direction == "up" else -x.change,
+                "outcome": o,
+                "verdict": by_kpi[x.kpi].verdict if x.kpi in by_kpi else None,
+                "change": _num(by_kpi[x.kpi].change) if x.kpi in by_kpi else None,
+                "ci_low": _num(by_kpi[x.kpi].ci_low) if x.kpi in by_kpi else None,
+                "ci_high": _num(by_kpi[x.kpi].ci_high) if x.kpi in by_kpi else None,
+                "value": _delivered(units.get(x.kpi)),
+            }
+            for x, o in e.expectations
+        ],
+        "active_hours": None if value is None else value.active_hours,
+        "total_hours": None if value is None else value.total_hours,
+        "cost": None if value is None else _num(value.cost),
+        "items": e.cost.items,
+        "headline": None if value is None else _delivered(value.headline),
+        "value_per_hour": None if value is None else _num(value.value_per_hour),
+        "summary": e.summary,
+    }
+
+
+def rank_bets(rows: list[Json]) -> list[Json]:
+    """Bets best first: value per engineering hour, then value a day; unvalued (pending,
+    no business unit) after, newest first. Adds ``rank`` (1 = best)."""
+
+    def key(r: Json) -> tuple[int, float, float, float]:
+        vph, head = r["value_per_hour"], r["headline"]
+        per_day = head["per_day"] if head and head["per_day"] is not None else None
+        if vph is not None:
+            return (0, -vph, -(per_day or 0.0), -(r["time"] or 0.0))
+        if per_day is not None:
+            return (1, -per_day, 0.0, -(r["time"] or 0.0))
+        return (2, 0.0, 0.0, -(r["time"] or 0.0))
+
+    ranked = sorted(rows, key=key)
+    return [{**r, "rank": i + 1} for i, r in enumerate(ranked)]
+
+
+def portfolio(rows: list[Json]) -> Json:
+    """Per service: how many bets, the share met / not met / went the other way, value delivered
+    a day per unit, active hours and cost."""
+    out: dict[str, Json] = {}
+    for r in rows:
+        p = out.setdefault(
+            r["service"],
+            {
+                "bets": 0,
+                "outcomes": dict.fromkeys(BET_OUTCOMES, 0),
+                "value_per_day": {},
+                "active_hours": 0.0,
+                "cost": None,
+            },
+        )
+        p["bets"] += 1
+        if r["outcome"] in p["outcomes"]:
+            p["outcomes"][r["outcome"]] += 1
+        if r["kind"] == "release":  # an item's work is in its release's already
+            p["active_hours"] += r["active_hours"] or 0.0
+            if r["cost"] is not None:
+                p["cost"] = (p["cost"] or 0.0) + r["cost"]
+            h = r["headline"]
+            if h is not None and h["per_day"] is not None:
+                p["value_per_day"][h["unit"]] = (
+                    p["value_per_day"].get(h["unit"], 0.0) + h["per_day"]
+                )
+    for p in out.values():
+        judged = sum(n for o, n in p["outcomes"].items() if o not in ("pending", "inconclusive"))
+        p["judged"] = judged
+        for o in ("met", "not-met", "went-the-other-way"):
+            p["share_" + o.replace("-", "_")] = p["outcomes"][o] / judged if judged else None
+    return dict(sorted(out.items()))
+
+
+def value_view(pipeline: Pipeline, now: float | None, period_seconds: float) -> Json:
+    """The Value page: every bet of the period ranked, the portfolio per service, and work in
+    progress with its bet and cost so far (default `now`: latest event time)."""
+    t = _page(pipeline, now)
+    bets: list[Json] = []
+    wip: list[Json] = []
+    if t is not None:
+        latest: dict[str, Json] = {}
+        for e in pipeline.ledger_report(t, period_seconds):
+            if e.expectations:
+                row = bet_row(e)
+                latest[row["key"]] = row
+        bets = rank_bets(list(latest.values()))
+        rate = pipeline.cost_per_hour
+        for vs, item, stage, expected, cost in pipeline.bets_in_progress(t):
+            active = cost.active_seconds / 3600.0
+            wip.append(
+                {
+                    "value_stream": vs,
+                    "item_id": item,
+                    "stage": stage,
+                    "expectations": [
+                        {
+                            "kpi": x.kpi,
+                            "direction": x.direction,
+                            "expected": x.change if x.direction == "up" else -x.change,
+                        }
+                        for x in expected
+                    ],
+                    "active_hours": active,
+                    "total_hours": (cost.active_seconds + cost.wait_seconds) / 3600.0,
+                    "cost": None if rate is None else active * rate,
+                }
+            )
+    return {
+        "now": t,
+        "period_seconds": period_seconds,
+        "periods": periods(pipeline),
+        "cost_per_hour": pipeline.cost_per_hour,
+        "currency": pipeline.currency,
+        "bets": bets,
+        "portfolio": portfolio(bets),
+        "wip": wip,
     }

@@ -70,9 +70,9 @@ def _panels(dash: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in dash["panels"] if p.get("type") != "row"]
 
 
-def test_the_three_dashboards_parse_with_unique_uids() -> None:
+def test_the_four_dashboards_parse_with_unique_uids() -> None:
     dashboards = load_dashboards()
-    assert set(dashboards) == {"release-impact", "value-stream", "dora"}
+    assert set(dashboards) == {"release-impact", "value-stream", "dora", "value"}
     uids = [d["uid"] for d in dashboards.values()]
     assert len(set(uids)) == len(uids)
     for name, dash in dashboards.items():
@@ -97,7 +97,12 @@ def test_every_panel_queries_prometheus_through_the_datasource_variable() -> Non
 
 def test_dashboards_filter_by_service_or_value_stream() -> None:
     dashboards = load_dashboards()
-    expected = {"release-impact": "service", "dora": "service", "value-stream": "value_stream"}
+    expected = {
+        "release-impact": "service",
+        "dora": "service",
+        "value-stream": "value_stream",
+        "value": "service",
+    }
     for name, var in expected.items():
         variable = _variables(dashboards[name])[var]
         # "All" must become a regex that matches every value, as concrete() assumes.
@@ -186,6 +191,11 @@ def test_each_dashboard_shows_what_it_promises() -> None:
         "valueloop_change_failure_ratio",
         "valueloop_recovery_time_seconds",
     } <= _shown(dashboards["dora"])
+    assert {
+        "valueloop_ledger_releases",
+        "valueloop_ledger_cost_seconds",
+        "valueloop_ledger_delivered_per_day",
+    } <= _shown(dashboards["value"])
 
 
 def test_release_markers_are_placed_at_the_release_event_time() -> None:

@@ -260,17 +260,29 @@ def test_releases_show_the_bad_release_degraded_with_its_charts(visit: Visit, fe
     page.wait_for_selector(f'#release-charts[data-release-id="{other_id}"]')
 
 
-def test_dora_shows_four_keys_with_trends_and_the_impact_failure(visit: Visit, fed: Fed) -> None:
+def test_dora_shows_five_metrics_levels_and_the_impact_failure(visit: Visit, fed: Fed) -> None:
     page = visit.open("dora")
     card = page.locator('.dora-service[data-service="checkout"]')
     metrics = card.locator(".tile[data-metric]")
-    assert [metrics.nth(i).get_attribute("data-metric") for i in range(4)] == [
+    assert [metrics.nth(i).get_attribute("data-metric") for i in range(5)] == [
         "deployment-frequency",
         "lead-time",
         "change-failure-rate",
         "recovery-time",
+        "rework-rate",
     ]
-    assert card.locator("svg.sparkline").count() == 4
+    assert card.locator("svg.sparkline").count() == 5
+    # Each of the four keys has its DORA performance level, now and per trend slice; the bad
+    # release failed (an incident, a rollback, a degraded KPI): no elite change failure rate.
+    for metric in ("deployment-frequency", "lead-time", "change-failure-rate", "recovery-time"):
+        tile = card.locator(f'.tile[data-metric="{metric}"]')
+        assert tile.locator(".level[data-level]").count() == 1
+        assert tile.locator(".level-trend i").count() == 7
+    cfr = card.locator('.tile[data-metric="change-failure-rate"] .level')
+    assert cfr.get_attribute("data-level") in ("high", "medium", "low")
+    # Rework: the rollback of 1.4.2 is unplanned work.
+    rework = card.locator('.tile[data-metric="rework-rate"]').inner_text()
+    assert "1 rollback(s)" in rework and "%" in rework
     failure = card.locator(f'tr.failure[data-deployment-id="{fed.bad_id}"]')
     assert failure.get_attribute("data-from-impact") == "true"
     assert "conversion" in failure.inner_text() and "degraded-kpi" in failure.inner_text()

@@ -48,6 +48,9 @@ from stream_app.simulate import (
 
 SHOP_SEEDS = (1,)
 SIM_SEEDS = (11, 12)
+# A world's fixture replays ~2 min of CPU on a quiet machine, and its time counts against the
+# first test that uses it: the limit leaves room for a loaded CI machine (the default is 300 s).
+pytestmark = pytest.mark.timeout(1200)
 
 
 def _shop(seed: int) -> list[Scored]:

@@ -8,7 +8,7 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream_app.core.dora import DoraTracker, dora_metric_samples
+from stream_app.core.dora import DoraTracker, dora_levels, dora_metric_samples, level_of
 from stream_app.core.flow import FlowTracker
 from stream_app.core.ledger import (
     ExpectedBenefit,
@@ -285,6 +285,7 @@ METRIC_ATTR = {
     "valueloop_lead_time_seconds": "lead_time",
     "valueloop_change_failure_ratio": "change_failure",
     "valueloop_recovery_time_seconds": "recovery_time",
+    "valueloop_deployment_rework_ratio": "rework",
 }
 
 
@@ -444,3 +445,71 @@ def test_a_work_items_first_active_stage_stands_in_for_the_first_commit() -> Non
         )
     )
     assert d2.report(20000.0, 86400.0)["shop"].lead_time.p50 == 8200.0  # type: ignore[union-attr]
+
+
+def test_deployment_rework_rate_matches_hand_computed_values() -> None:
+    # Failures begin at 20.5 (I5), 31 (I1), 45 (I2), 70 (I3), 80 (D7 degraded), 120 (I4) h.
+    # Deployments after one within 24 h: D3 (9.5 h after I5), D4 (9 h after I1), D5 (13 h),
+    # D6 (15 h after I2), D7 (10 h after I3), D8 (10 h after D7): 6; plus the rollback RB.
+    t = DoraTracker(load_valuestream())
+    feed(t, scenario())
+    r = t.report(NOW, PERIOD)[SVC]
+    assert (r.rollbacks, r.rework_deployments) == (1, 7)
+    assert r.rework_rate == pytest.approx(7 / 9)  # of 8 deployments + 1 rollback
+    # A 10 h window keeps D3 (9.5), D4 (9), D7 (10) and D8 (10): 4 + the rollback.
+    t10 = DoraTracker(load_valuestream(), rework_window_seconds=10 * H)
+    feed(t10, scenario())
+    assert t10.report(NOW, PERIOD)[SVC].rework_rate == pytest.approx(5 / 9)
+    # An 8 h window: none of the fixes, the rollback only.
+    t8 = DoraTracker(load_valuestream(), rework_window_seconds=8 * H)
+    feed(t8, scenario())
+    assert t8.report(NOW, PERIOD)[SVC].rework_rate == pytest.approx(1 / 9)
+    reg = Metrics(CollectorRegistry())
+    reg.apply_samples(dora_metric_samples(t.report(NOW, PERIOD)))
+    assert reg.registry.get_sample_value(
+        "valueloop_deployment_rework_ratio", {"service": SVC}
+    ) == pytest.approx(7 / 9)
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "level"),
+    [
+        ("deployment_frequency", 3.0, "elite"),  # several a day: on demand
+        ("deployment_frequency", 1.0, "elite"),
+        ("deployment_frequency", 0.5, "high"),  # every other day
+        ("deployment_frequency", 1 / 7, "high"),  # weekly
+        ("deployment_frequency", 0.1, "medium"),  # every 10 days
+        ("deployment_frequency", 1 / 30, "medium"),  # monthly
+        ("deployment_frequency", 0.01, "low"),
+        ("lead_time", 23 * H, "elite"),
+        ("lead_time", D, "high"),  # a day is no longer "less than one day"
+        ("lead_time", 7 * D, "high"),
+        ("lead_time", 8 * D, "medium"),
+        ("lead_time", 31 * D, "low"),
+        ("change_failure_rate", 0.05, "elite"),
+        ("change_failure_rate", 0.10, "high"),
+        ("change_failure_rate", 0.15, "medium"),
+        ("change_failure_rate", 0.16, "low"),
+        ("recovery_time", 59 * 60, "elite"),
+        ("recovery_time", H, "high"),
+        ("recovery_time", 2 * D, "medium"),
+        ("recovery_time", 8 * D, "low"),
+        ("recovery_time", None, None),
+    ],
+)
+def test_dora_performance_levels_at_the_report_thresholds(
+    metric: str, value: float | None, level: str | None
+) -> None:
+    assert level_of(metric, value) == level
+
+
+def test_levels_of_the_hand_computed_scenario() -> None:
+    t = DoraTracker(load_valuestream())
+    feed(t, scenario())
+    # 8/7 a day: elite; lead p50 28 h: high; 5/8 failed: low; recovery p50 8 h: high.
+    assert dora_levels(t.report(NOW, PERIOD)[SVC]) == {
+        "deployment_frequency": "elite",
+        "lead_time": "high",
+        "change_failure_rate": "low",
+        "recovery_time": "high",
+    }

@@ -123,3 +123,34 @@ def test_tables_are_not_truncated_when_stdout_is_not_a_terminal(
     monkeypatch.setenv("COLUMNS", "80")
     narrow = runner.invoke(app, ["replay", str(events_file)])
     assert "…" in narrow.output
+
+
+def test_replay_prints_the_ledger_and_writes_the_records_the_worker_publishes(
+    events_file: Path, tmp_path: Path
+) -> None:
+    from stream_app.core.catalog import load_catalog
+    from stream_app.events.ledger import encode_ledger
+    from stream_app.pipeline import Pipeline
+
+    out = tmp_path / "ledger.jsonl"
+    result = runner.invoke(
+        app,
+        ["replay", "--ledger-out", str(out), "--cost-per-hour", "90", str(events_file)],
+        env={"COLUMNS": "400"},
+    )
+    assert result.exit_code == 0, _text(result)
+    text = _text(result)
+    assert "Value ledger" in text and "orders" in text  # delivered a day, in orders
+    lines = out.read_bytes().splitlines()
+    # The worker's core, event by event in time order, publishes these records to vsm.ledger.
+    pipeline = Pipeline(load_catalog(), cost_per_hour=90.0)
+    published: list[bytes] = []
+    events = [codec.decode_any(line) for line in events_file.read_bytes().splitlines()]
+    for decoded in sorted(events, key=lambda e: e.time):  # type: ignore[union-attr]
+        assert not isinstance(decoded, codec.Rejected)
+        published += [encode_ledger(e) for e in pipeline.handle(decoded).ledger]
+    published += [encode_ledger(e) for e in pipeline.close_input().ledger]
+    assert lines == published and lines
+    bad = [json.loads(x) for x in lines if b'"1.4.2"' in x][-1]
+    assert bad["value"]["headline_kpi"] in ("conversion", "orders", "revenue")
+    assert bad["value"]["cost"] == pytest.approx(bad["value"]["active_hours"] * 90)

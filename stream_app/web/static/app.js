@@ -14,8 +14,10 @@
   const PAGES = [
     ["vsm", "Value stream map"],
     ["releases", "Releases"],
+    ["value", "Value"],
     ["dora", "DORA"],
   ];
+  const OUTCOMES = ["met", "partly-met", "not-met", "went-the-other-way", "inconclusive", "pending"];
 
   // ---------------------------------------------------------------------------- DOM helpers
 
@@ -97,6 +99,7 @@
     period: null,
     stream: null,
     release: null,
+    stage: null,
     refreshes: 0,
   };
 
@@ -109,11 +112,18 @@
       const [page, arg] = window.location.hash.replace(/^#/, "").split("/");
       state.page = PAGES.some(([p]) => p === page) ? page : "vsm";
       if (state.page === "releases" && arg) state.release = decodeURIComponent(arg);
+      state.stage = null;
+      if (state.page === "value" && arg) {
+        const a = decodeURIComponent(arg);
+        if (a.startsWith("stage:")) state.stage = a.slice(6);
+        else state.release = a;
+      }
     } else {
       const q = query();
       if (q.get("period")) state.period = Number(q.get("period"));
       if (q.get("stream")) state.stream = q.get("stream");
       if (q.get("release")) state.release = q.get("release");
+      if (q.get("stage")) state.stage = q.get("stage");
     }
   }
 
@@ -137,6 +147,17 @@
     return getJson("api/dora" + (state.period ? `?period=${state.period}` : ""));
   }
 
+  async function loadValue() {
+    if (REPORT) return REPORT.value[periodKey(state.period || REPORT.default_period)];
+    return getJson("api/value" + (state.period ? `?period=${state.period}` : ""));
+  }
+
+  // A link to the Value page: a release's bets, or a stage's work in progress.
+  function valueHref(release, stage) {
+    if (REPORT) return "#value" + (release ? "/" + encodeURIComponent(release) : stage ? "/" + encodeURIComponent("stage:" + stage) : "");
+    return "value" + (release ? "?release=" + encodeURIComponent(release) : stage ? "?stage=" + encodeURIComponent(stage) : "");
+  }
+
   async function loadReleases() {
     if (REPORT) return REPORT.releases;
     return getJson("api/releases");
@@ -153,7 +174,9 @@
 
   function syncUrl() {
     if (REPORT) {
-      const hash = "#" + state.page + (state.page === "releases" && state.release ? "/" + encodeURIComponent(state.release) : "");
+      let arg = state.page === "releases" && state.release ? state.release : null;
+      if (state.page === "value") arg = state.stage ? "stage:" + state.stage : state.release;
+      const hash = "#" + state.page + (arg ? "/" + encodeURIComponent(arg) : "");
       if (window.location.hash !== hash) history.replaceState(null, "", hash);
       return;
     }
@@ -161,7 +184,8 @@
     const set = (k, v) => (v ? q.set(k, v) : q.delete(k));
     set("period", state.period);
     set("stream", state.page === "vsm" ? state.stream : null);
-    set("release", state.page === "releases" ? state.release : null);
+    set("release", state.page === "releases" || state.page === "value" ? state.release : null);
+    set("stage", state.page === "value" ? state.stage : null);
     const url = window.location.pathname + (q.toString() ? "?" + q.toString() : "");
     if (url !== window.location.pathname + window.location.search) history.replaceState(null, "", url);
   }
@@ -200,6 +224,8 @@
 
   // ---------------------------------------------------------------------------- value stream map
 
+  let valueData = null;
+
   function renderVsm(data) {
     const main = [];
     const names = Object.keys(data.value_streams);
@@ -230,6 +256,13 @@
     main.push(h("div", { class: "card" }, vsmSvg(r, data.period_seconds), h("div", { class: "legend" }, h("span", {}, h("i", { class: "sw-waiting" }), "waiting (p50 solid, p85 light)"), h("span", {}, h("i", { class: "sw-active" }), "active (p50 solid, p85 light)"), h("span", {}, h("i", { class: "sw-wip" }), "WIP: items in the stage now"), h("span", {}, "dashed box: before the flow starts (backlog, not flow time)"))));
     main.push(h("h2", {}, "Where an average item's flow time goes (to scale)"));
     main.push(h("div", { class: "card" }, ladderSvg(r)));
+    const wip = (valueData && valueData.wip ? valueData.wip : []).filter((w) => w.value_stream === r.value_stream);
+    if (wip.length) {
+      const byStage = {};
+      for (const w of wip) byStage[w.stage || "between stages"] = (byStage[w.stage || "between stages"] || 0) + 1;
+      main.push(h("h2", {}, "Bets in progress, by stage"));
+      main.push(h("div", { class: "card", id: "stage-bets" }, ...Object.entries(byStage).map(([st, n]) => h("a", { class: "stage-bets", "data-stage": st, href: valueHref(null, st) }, `${st}: ${n} item(s) with a bet →`)), h("a", { class: "stage-bets", href: valueHref(null, null) }, "all bets →")));
+    }
     return main;
   }
 
@@ -328,7 +361,7 @@
     main.push(h("div", { class: "legend" }, ...VERDICTS.map((v) => h("span", {}, chip(v))), h("span", {}, "dashed: interim (the post window is still open)")));
     main.push(h("div", { class: "card" }, timelineSvg(data)));
     const table = h("table", { id: "release-table" });
-    const head = h("tr", {}, h("th", {}, "service"), h("th", {}, "version"), h("th", {}, "time"), h("th", {}, "kind"), h("th", {}, "overall"));
+    const head = h("tr", {}, h("th", {}, "service"), h("th", {}, "version"), h("th", {}, "time"), h("th", {}, "kind"), h("th", {}, "overall"), h("th", {}, "bets"));
     for (const k of data.kpis) head.appendChild(h("th", { class: "center" }, k));
     table.appendChild(h("thead", {}, head));
     const body = h("tbody", {});
@@ -352,6 +385,8 @@
       tr.appendChild(h("td", {}, when(r.time)));
       tr.appendChild(h("td", {}, r.kind));
       tr.appendChild(h("td", {}, r.overall ? chip(r.overall, !r.finalized) : h("span", { class: "note" }, "waiting")));
+      const bets = r.bets || [];
+      tr.appendChild(h("td", {}, bets.length ? h("a", { class: "bets-link", href: valueHref(r.id, null), onclick: (e) => e.stopPropagation() }, bets.map((b) => `${b.kpi} ${pct(b.expected, true)}`).join(", ") + " →") : h("span", { class: "note" }, "–")));
       for (const k of data.kpis) {
         const v = r.verdicts[k];
         const td = h("td", { class: "cell", "data-kpi": k });
@@ -512,6 +547,117 @@
     if (el) el.scrollIntoView({ block: "start" });
   }
 
+
+  // ---------------------------------------------------------------------------- value
+
+  function units(x, unit) {
+    if (x === null || x === undefined) return "–";
+    return (x > 0 ? "+" : "") + num(x, 1).replace("-", "−") + " " + unit + "/day";
+  }
+
+  function money(x, currency) {
+    if (x === null || x === undefined) return null;
+    return (currency ? currency + " " : "") + Math.round(x).toLocaleString("en");
+  }
+
+  function outcomeChip(o) {
+    return h("span", { class: `chip o-${o || "none"}`, "data-outcome": o || "" }, o ? o.replaceAll("-", " ") : "undeclared");
+  }
+
+  // The delivered change with its interval, drawn against the declared expectation (and zero).
+  function betSvg(x) {
+    const width = 240, height = 30, L = 6, R = 6;
+    const vals = [0, x.expected];
+    for (const v of [x.change, x.ci_low, x.ci_high]) if (v !== null && v !== undefined) vals.push(v);
+    const ext = Math.max(...vals.map(Math.abs), 0.01) * 1.15;
+    const X = (c) => L + ((c + ext) / (2 * ext)) * (width - L - R);
+    const svg = s("svg", { class: `bet-chart o-${x.outcome}`, "data-kpi": x.kpi, "data-expected": x.expected, "data-delivered": x.change === null ? "" : x.change, width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `${x.kpi}: expected ${pct(x.expected, true)}, delivered ${pct(x.change, true)}` });
+    svg.appendChild(s("line", { class: "axis", x1: L, x2: width - R, y1: 13, y2: 13 }));
+    svg.appendChild(s("line", { class: "axis", x1: X(0), x2: X(0), y1: 3, y2: 23 }));
+    // Expected: a band from zero to the bet, and a marker at it.
+    const e0 = Math.min(0, x.expected), e1 = Math.max(0, x.expected);
+    svg.appendChild(s("rect", { class: "bet-expected-band", x: X(e0), y: 6, width: X(e1) - X(e0), height: 14 }));
+    svg.appendChild(s("line", { class: "bet-expected", "data-series": "expected", x1: X(x.expected), x2: X(x.expected), y1: 1, y2: 25 }, s("title", {}, `expected ${pct(x.expected, true)}`)));
+    if (x.change !== null && x.change !== undefined) {
+      const lo = x.ci_low === null ? x.change : x.ci_low, hi = x.ci_high === null ? x.change : x.ci_high;
+      svg.appendChild(s("line", { class: "ci-whisker bet-ci", "data-series": "interval", x1: X(lo), x2: X(hi), y1: 13, y2: 13 }, s("title", {}, `95% interval ${pct(lo, true)} … ${pct(hi, true)}`)));
+      svg.appendChild(s("circle", { class: "bet-dot", "data-series": "delivered", cx: X(x.change), cy: 13, r: 5 }, s("title", {}, `delivered ${pct(x.change, true)}`)));
+    }
+    svg.appendChild(s("text", { class: "small", x: L, y: 29 }, pct(-ext)));
+    svg.appendChild(s("text", { class: "small", x: width - R, y: 29, "text-anchor": "end" }, pct(ext, true)));
+    return svg;
+  }
+
+  function renderValue(data) {
+    const main = [h("h1", {}, "Value: which bets paid off, what they cost")];
+    const cur = data.currency || "";
+    main.push(h("div", { class: "controls" }, periodSelect(data.periods, data.period_seconds, (p) => { state.period = p; refresh(); }), h("span", { class: "note" }, `releases of ${when(data.now - data.period_seconds)} → ${when(data.now)}; value = the judge's baseline level × the change, per day; cost = active engineering hours` + (data.cost_per_hour ? ` × ${money(data.cost_per_hour, cur)}/h` : " (set VALUELOOP_COST_PER_HOUR for money)"))));
+    const services = Object.keys(data.portfolio);
+    if (services.length) {
+      main.push(h("h2", {}, "Portfolio"));
+      const grid = h("div", { class: "tiles", id: "portfolio" });
+      for (const svc of services) {
+        const p = data.portfolio[svc];
+        const vpd = Object.entries(p.value_per_day).map(([u, v]) => units(v, u)).join(", ") || "–";
+        grid.appendChild(h("div", { class: "tile portfolio", "data-service": svc }, h("div", { class: "label" }, svc), h("div", { class: "value" }, `${p.bets} bet(s)`), h("div", { class: "sub" }, `met ${pct(p.share_met)} · not met ${pct(p.share_not_met)} · other way ${pct(p.share_went_the_other_way)}` + (p.outcomes.pending ? ` · ${p.outcomes.pending} pending` : "")), h("div", { class: "sub" }, `delivered ${vpd}`), h("div", { class: "sub" }, `cost ${num(p.active_hours, 1)} h` + (p.cost !== null ? ` · ${money(p.cost, cur)}` : ""))));
+      }
+      main.push(grid);
+    }
+    main.push(h("h2", {}, "Bets, ranked by value per engineering hour"));
+    if (!data.bets.length) {
+      main.push(h("div", { class: "empty" }, "No bets yet: declare one on a deployment (customData.valueloop.expect, valueloop emit deployment --expect conversion:+3%), on a work item, or in the features file."));
+    } else {
+      main.push(h("div", { class: "legend" }, ...OUTCOMES.map((o) => h("span", {}, outcomeChip(o))), h("span", {}, h("i", { class: "sw-expected" }), "expected (from zero to the bet)"), h("span", {}, "● delivered, line: 95% interval")));
+      const table = h("table", { id: "bet-table" });
+      table.appendChild(h("thead", {}, h("tr", {}, ...["#", "bet", "expected vs delivered (95% interval)", "outcome", "cost", "value a day", "per eng. hour"].map((c) => h("th", {}, c)))));
+      const body = h("tbody", {});
+      for (const b of data.bets) {
+        const subject = b.kind === "item" ? `${b.service} item ${b.item_id}` : `${b.service} ${b.version}`;
+        const sel = state.release && b.release_id === state.release;
+        const tr = h("tr", { class: "bet-row" + (sel ? " selected" : ""), "data-rank": b.rank, "data-outcome": b.outcome || "", "data-release-id": b.release_id || "", "data-item-id": b.item_id || "", "data-service": b.service, "data-version": b.version });
+        tr.appendChild(h("td", { class: "rank" }, String(b.rank)));
+        tr.appendChild(h("td", {}, subject, h("div", { class: "note" }, b.kind === "item" ? `shipped by ${b.version || "no release yet"}` : when(b.time))));
+        tr.appendChild(
+          h(
+            "td",
+            {},
+            ...b.expectations.map((x) =>
+              h(
+                "div",
+                { class: "bet", "data-kpi": x.kpi },
+                betSvg(x),
+                h("div", { class: "bet-expect" }, `${x.kpi}: expected ${pct(x.expected, true)}`, x.value && x.value.expected_per_day !== null ? h("span", { class: "note" }, ` ≈ ${units(x.value.expected_per_day, x.value.unit)}`) : null),
+                h("div", { class: "bet-delivered" }, x.change === null || x.change === undefined ? "delivered: no verdict yet" : `delivered ${pct(x.change, true)}`, x.ci_low !== null && x.ci_low !== undefined ? h("span", { class: "note" }, ` [${pct(x.ci_low, true)} … ${pct(x.ci_high, true)}]`) : null),
+              ),
+            ),
+          ),
+        );
+        tr.appendChild(h("td", {}, outcomeChip(b.outcome), ...b.expectations.filter(() => b.expectations.length > 1).map((x) => h("div", { class: "note" }, `${x.kpi}: ${x.outcome.replaceAll("-", " ")}`))));
+        tr.appendChild(h("td", { class: "cost" }, `${num(b.active_hours, 1)} h active`, h("div", { class: "note" }, `${num(b.total_hours, 1)} h in flow · ${b.items} item(s)`), b.cost !== null ? h("div", {}, money(b.cost, cur)) : null));
+        const hd = b.headline;
+        tr.appendChild(h("td", { class: "value-day" }, hd ? units(hd.per_day, hd.unit) : "–", hd && hd.per_day_low !== null ? h("div", { class: "note" }, `[${units(hd.per_day_low, hd.unit)} … ${units(hd.per_day_high, hd.unit)}]`) : null));
+        tr.appendChild(h("td", { class: "value-hour" }, b.value_per_hour !== null && hd ? `${num(b.value_per_hour)} ${hd.unit}/day/h` : "–"));
+        body.appendChild(tr);
+      }
+      table.appendChild(body);
+      main.push(h("div", { class: "card" }, table));
+    }
+    main.push(h("h2", {}, "Work in progress with a bet" + (state.stage ? ` (stage ${state.stage})` : "")));
+    const wip = data.wip.filter((w) => !state.stage || (w.stage || "between stages") === state.stage);
+    if (!wip.length) {
+      main.push(h("div", { class: "empty" }, "No unfinished work item carries a bet."));
+    } else {
+      const t = h("table", { id: "wip-table" }, h("thead", {}, h("tr", {}, ...["item", "value stream", "stage", "bet", "cost so far"].map((c) => h("th", {}, c)))));
+      const tb = h("tbody", {});
+      for (const w of wip) {
+        tb.appendChild(h("tr", { class: "wip-row", "data-item-id": w.item_id, "data-stage": w.stage || "" }, h("td", {}, w.item_id), h("td", {}, w.value_stream), h("td", {}, w.stage || "between stages"), h("td", {}, w.expectations.map((x) => `${x.kpi} ${pct(x.expected, true)}`).join(", ")), h("td", {}, `${num(w.active_hours, 1)} h active`, h("span", { class: "note" }, ` · ${num(w.total_hours, 1)} h in flow`), w.cost !== null ? h("div", {}, money(w.cost, cur)) : null)));
+      }
+      t.appendChild(tb);
+      main.push(h("div", { class: "card" }, t));
+    }
+    return main;
+  }
+
   // ---------------------------------------------------------------------------- DORA
 
   function spark(points, key, fmt) {
@@ -559,8 +705,19 @@
           h("div", { class: "tile", "data-metric": "lead-time" }, h("div", { class: "label" }, "Change lead time"), h("div", { class: "value" }, r.lead_time ? dur(r.lead_time.p50) : "–"), h("div", { class: "sub" }, r.lead_time ? `p85 ${dur(r.lead_time.p85)} · ${r.changes} change(s)` : "no changes with a first commit"), spark(r.trend, "lead_time_p50", dur)),
           h("div", { class: "tile", "data-metric": "change-failure-rate" }, h("div", { class: "label" }, "Change failure rate"), h("div", { class: "value" }, pct(r.change_failure_rate)), h("div", { class: "sub" }, `${r.failed_deployments} failed` + (causes ? ` · ${causes}` : "")), spark(r.trend, "change_failure_rate", pct)),
           h("div", { class: "tile", "data-metric": "recovery-time" }, h("div", { class: "label" }, "Failed deployment recovery"), h("div", { class: "value" }, r.recovery_time ? dur(r.recovery_time.p50) : "–"), h("div", { class: "sub" }, (r.recovery_time ? `p85 ${dur(r.recovery_time.p85)}` : "none recovered") + (r.unrecovered ? ` · ${r.unrecovered} unrecovered` : "")), spark(r.trend, "recovery_p50", dur)),
+          h("div", { class: "tile", "data-metric": "rework-rate" }, h("div", { class: "label" }, "Deployment rework rate"), h("div", { class: "value" }, pct(r.rework_rate)), h("div", { class: "sub" }, `${r.rework_deployments} of ${r.deployments + r.rollbacks} unplanned (${r.rollbacks} rollback(s), fixes within ${dur(data.rework_window_seconds)} of a failure)`), spark(r.trend, "rework_rate", pct), h("div", { class: "sub" }, "no DORA level: no published bands")),
         ),
       );
+      // Each metric's DORA performance level, now and per trend slice (oldest first).
+      const levelNames = { deployment_frequency: "deployment-frequency", lead_time: "lead-time", change_failure_rate: "change-failure-rate", recovery_time: "recovery-time" };
+      for (const [key, metric] of Object.entries(levelNames)) {
+        const tileEl = card.querySelector(`.tile[data-metric="${metric}"]`);
+        if (!tileEl) continue;
+        const lvl = r.levels[key];
+        tileEl.insertBefore(h("span", { class: `level l-${lvl || "none"}`, "data-level": lvl || "", title: "DORA performance level (2023 report clusters)" }, lvl || "no data"), tileEl.children[1]);
+        tileEl.appendChild(h("div", { class: "level-trend", "data-metric": metric }, ...r.trend.map((p) => h("i", { class: `l-${(p.levels && p.levels[key]) || "none"}`, title: `until ${when(p.end)}: ${(p.levels && p.levels[key]) || "no data"}` }))));
+      }
+      card.appendChild(h("div", { class: "dora-levels" }, "levels: elite / high / medium / low from the 2023 Accelerate State of DevOps Report clusters (small squares: the level in each trend slice)"));
       if (r.failures.length) {
         const t = h("table", { class: "failures" }, h("thead", {}, h("tr", {}, h("th", {}, "failed deployment"), h("th", {}, "time"), h("th", {}, "causes"), h("th", {}, "from impact verdicts"), h("th", {}, "recovered after"))));
         const tb = h("tbody", {});
@@ -597,7 +754,16 @@
     let content, now;
     if (state.page === "vsm") {
       const data = await loadFlow();
+      try {
+        valueData = await loadValue();
+      } catch (e) {
+        valueData = null; // the map stands without its links to bets
+      }
       content = renderVsm(data);
+      now = data.now;
+    } else if (state.page === "value") {
+      const data = await loadValue();
+      content = renderValue(data);
       now = data.now;
     } else if (state.page === "releases") {
       const data = await loadReleases();

@@ -239,3 +239,26 @@ def test_a_scoped_release_is_judged_on_its_scope_of_the_product_with_the_rest_as
     assert rec.extra.get("scope") == "region=eu"
     assert rec.judgement.reference == "control"  # the rest of the shop's traffic
     assert rec.judgement.verdict == "improved" and rec.product == "shop"
+
+
+def test_a_bet_on_the_products_kpi_is_settled_by_the_product_verdict() -> None:
+    # A member service's release declares a bet on the product's conversion: in one pipeline
+    # (replay, or a worker owning both partitions) the product's final verdict settles it.
+    from stream_app.events.model import Expectation
+
+    t = T0 + 60 * MIN
+    bet = Expectation("conversion", "up", 0.1)
+    p = pipeline(False)
+    release = Release(f"search@{t:g}", "search", "1.0", t, "deployed", expect=(bet,))
+    assert p.handle(release).outcome == "accepted"
+    for ev in traffic(T0 + 120 * MIN, {t: 0.2}):
+        p.handle(ev)
+    p.close_input()
+    (entry,) = p.ledger_entries(release.id)
+    assert entry.expectations == ((bet, "met"),)
+    assert [k.kpi for k in entry.kpis if k.kpi == "conversion"] == ["conversion"]
+    # A bet on a KPI neither the service nor its product has is refused with its reason.
+    odd = Release(
+        "x", "search", "1.1", t + MIN, "deployed", expect=(Expectation("nps", "up", 0.1),)
+    )
+    assert p.handle(odd).outcome == "bad-expectation"

@@ -17,6 +17,7 @@ RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"
 # dashboards' allValue is ".+"), fixed windows for the interval macros ($__rate_interval must span
 # at least 2 scrapes).
 VARIABLE_VALUES: dict[str, str] = {
+    "product": ".+",
     "service": ".+",
     "kpi": ".+",
     "value_stream": ".+",

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
@@ -64,13 +66,27 @@ def _sim(seed: int) -> list[Scored]:
 
 
 @pytest.fixture(scope="module")
-def shop() -> Figures:
-    return figures([p for seed in SHOP_SEEDS for p in _shop(seed)])
+def worlds() -> dict[str, list[Scored]]:
+    # The worlds replay in parallel processes (CI has 2 cores; each replay uses one).
+    with ProcessPoolExecutor(max_workers=min(3, os.cpu_count() or 1)) as pool:
+        shops = [pool.submit(_shop, seed) for seed in SHOP_SEEDS]
+        sims = [pool.submit(_sim, seed) for seed in SIM_SEEDS]
+        products = [pool.submit(_product, seed) for seed in PRODUCT_SEEDS]
+        return {
+            "shop": [p for f in shops for p in f.result()],
+            "sim": [p for f in sims for p in f.result()],
+            "product": [p for f in products for p in f.result()],
+        }
 
 
 @pytest.fixture(scope="module")
-def sim() -> Figures:
-    return figures([p for seed in SIM_SEEDS for p in _sim(seed)])
+def shop(worlds: dict[str, list[Scored]]) -> Figures:
+    return figures(worlds["shop"])
+
+
+@pytest.fixture(scope="module")
+def sim(worlds: dict[str, list[Scored]]) -> Figures:
+    return figures(worlds["sim"])
 
 
 def share(f: Figures, name: str) -> float:
@@ -133,8 +149,8 @@ def _product(seed: int) -> list[Scored]:
 
 
 @pytest.fixture(scope="module")
-def product() -> Figures:
-    return figures([p for seed in PRODUCT_SEEDS for p in _product(seed)])
+def product(worlds: dict[str, list[Scored]]) -> Figures:
+    return figures(worlds["product"])
 
 
 def test_product_kpis_meet_the_service_kpis_targets(product: Figures) -> None:
